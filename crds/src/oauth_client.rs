@@ -1,0 +1,370 @@
+//! `OAuthClient` (DESIGN.md §3): one machine-to-machine OAuth2 client.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::{JsonSchema, Schema};
+use serde::{Deserialize, Serialize};
+
+use crate::validation::{self, add_rule, duration_schema, list_set};
+
+/// Default access-token lifetime.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+/// An OAuth2 client-credentials client. The operator writes its credentials
+/// to a Secret in the same namespace; the issuer hands it access tokens.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "sigil.dev",
+    version = "v1alpha1",
+    kind = "OAuthClient",
+    plural = "oauthclients",
+    singular = "oauthclient",
+    namespaced,
+    shortname = "oac",
+    category = "sigil",
+    status = "OAuthClientStatus",
+    derive = "PartialEq",
+    doc = "An OAuth2 client-credentials client; the operator writes its credentials to a Secret and the issuer grants it access tokens.",
+    printcolumn(name = "Client ID", type_ = "string", json_path = ".status.clientId"),
+    printcolumn(name = "Scopes", type_ = "string", json_path = ".spec.scopes"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(transform = spec_rules)]
+pub struct OAuthClientSpec {
+    /// Free-text name shown to people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub display_name: Option<String>,
+
+    /// The OAuth2 client_id; default `<name>.<namespace>`. Must be unique in
+    /// the cluster. Letters, digits, `.`, `_` and `-` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), pattern(validation::CLIENT_ID_PATTERN))]
+    pub client_id: Option<String>,
+
+    /// Scopes this client may be granted (RFC 6749 §3.3 scope-tokens).
+    #[serde(default)]
+    #[schemars(length(max = 256), inner(length(max = 256), pattern(validation::SCOPE_TOKEN_PATTERN)), transform = list_set)]
+    pub scopes: Vec<String>,
+
+    /// Audiences this client may ask tokens for.
+    #[serde(default)]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 256), pattern(validation::AUDIENCE_PATTERN)), transform = list_set)]
+    pub audiences: Vec<String>,
+
+    /// Access-token lifetime, a duration such as `10m` or `1h` (1m to 24h;
+    /// default 1h).
+    #[serde(default, rename = "tokenTTL", skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = token_ttl_schema)]
+    pub token_ttl: Option<String>,
+
+    /// Client authentication methods accepted at the token endpoint;
+    /// default `client_secret_basic` and `client_secret_post`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1), transform = list_set)]
+    pub auth_methods: Option<Vec<AuthMethod>>,
+
+    /// The client's public keys, for `private_key_jwt` (RFC 7523).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<ClientJwks>,
+
+    /// Name of the Secret to write; default `<name>-oauth`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), pattern(validation::DNS_SUBDOMAIN_PATTERN))]
+    pub secret_name: Option<String>,
+
+    /// Rotate the generated client secret periodically.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_rotation: Option<SecretRotation>,
+
+    /// Name of the `SigningKey` (in the issuer's namespace) that signs this
+    /// client's tokens; default the issuer's default key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), pattern(validation::DNS_LABEL_PATTERN))]
+    pub signing_key: Option<String>,
+
+    /// Static claims added to every token of this client. Registered and
+    /// Sigil-owned claims (iss, sub, aud, exp, nbf, iat, jti, client_id,
+    /// scope, scp, cnf) are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = additional_claims_schema)]
+    pub additional_claims: Option<BTreeMap<String, serde_json::Value>>,
+
+    /// No tokens are issued while true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
+}
+
+/// A token-endpoint client authentication method (RFC 6749 §2.3, RFC 7523).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    ClientSecretBasic,
+    ClientSecretPost,
+    PrivateKeyJwt,
+}
+
+impl AuthMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::ClientSecretBasic => "client_secret_basic",
+            AuthMethod::ClientSecretPost => "client_secret_post",
+            AuthMethod::PrivateKeyJwt => "private_key_jwt",
+        }
+    }
+}
+
+/// A JWK Set (RFC 7517) holding public keys only.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct ClientJwks {
+    #[schemars(length(min = 1, max = 16))]
+    pub keys: Vec<PublicJwk>,
+}
+
+/// One public JWK (RFC 7517), kept as JSON so every key type and member
+/// survives; the schema requires `kty` and refuses private members.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(transparent)]
+pub struct PublicJwk(pub serde_json::Map<String, serde_json::Value>);
+
+impl JsonSchema for PublicJwk {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "PublicJwk".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> Schema {
+        schemars::json_schema!({
+            "type": "object",
+            "required": ["kty"],
+            "properties": {
+                "kty": { "type": "string", "enum": ["EC", "RSA", "OKP"] },
+                "kid": { "type": "string", "maxLength": 256 },
+                "alg": { "type": "string", "maxLength": 32 },
+                // Declared only so the CEL rule below can see them: a JWK
+                // with any of these is a private key.
+                "d": { "type": "string" },
+                "p": { "type": "string" },
+                "q": { "type": "string" }
+            },
+            "x-kubernetes-preserve-unknown-fields": true,
+            "x-kubernetes-validations": [{
+                "rule": "!has(self.d) && !has(self.p) && !has(self.q)",
+                "message": "jwks must hold public keys only: remove the private members (d, p, q, ...)"
+            }]
+        })
+    }
+}
+
+/// Periodic rotation of the generated client secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(transform = secret_rotation_rules)]
+pub struct SecretRotation {
+    /// How often a new secret is generated (at least 10s).
+    #[schemars(transform = rotation_interval_schema)]
+    pub interval: String,
+    /// How long the previous secret keeps working after a rotation; shorter
+    /// than `interval`.
+    #[schemars(transform = grace_period_schema)]
+    pub grace_period: String,
+}
+
+/// What the operator observed and did.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OAuthClientStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// SHA-256 digests of the secrets that currently work (newest first);
+    /// never the secrets themselves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_verifiers: Vec<SecretVerifier>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_rotated_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// One accepted client secret, as its digest.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretVerifier {
+    /// Lower-case hex SHA-256 of the secret's UTF-8 bytes.
+    pub sha256: String,
+    pub created_at: Time,
+    /// Set on a rotated-out secret: it stops working at this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+}
+
+impl OAuthClientSpec {
+    /// The effective token lifetime (the schema guarantees a valid value on
+    /// objects that came through the API server).
+    pub fn token_ttl(&self) -> Duration {
+        self.token_ttl
+            .as_deref()
+            .and_then(|s| crate::parse_duration(s).ok())
+            .unwrap_or(DEFAULT_TOKEN_TTL)
+    }
+
+    /// The effective client authentication methods.
+    pub fn auth_methods(&self) -> Vec<AuthMethod> {
+        match &self.auth_methods {
+            Some(methods) if !methods.is_empty() => methods.clone(),
+            _ => vec![AuthMethod::ClientSecretBasic, AuthMethod::ClientSecretPost],
+        }
+    }
+}
+
+impl OAuthClient {
+    /// The effective client id: `spec.clientId`, else `<name>.<namespace>`.
+    pub fn client_id(&self) -> String {
+        if let Some(id) = &self.spec.client_id {
+            return id.clone();
+        }
+        let name = self.metadata.name.as_deref().unwrap_or_default();
+        let namespace = self.metadata.namespace.as_deref().unwrap_or_default();
+        format!("{name}.{namespace}")
+    }
+
+    /// The Secret the operator writes: `spec.secretName`, else `<name>-oauth`.
+    pub fn secret_name(&self) -> String {
+        match &self.spec.secret_name {
+            Some(name) => name.clone(),
+            None => format!(
+                "{}-oauth",
+                self.metadata.name.as_deref().unwrap_or_default()
+            ),
+        }
+    }
+}
+
+fn spec_rules(schema: &mut Schema) {
+    add_rule(
+        schema,
+        "!has(self.authMethods) || !self.authMethods.exists(m, m == 'private_key_jwt') || has(self.jwks)",
+        "jwks is required when authMethods contains private_key_jwt",
+        Some(".jwks"),
+    );
+    add_rule(
+        schema,
+        "!has(self.jwks) || (has(self.authMethods) && self.authMethods.exists(m, m == 'private_key_jwt'))",
+        "jwks is only used with private_key_jwt: add it to authMethods",
+        Some(".authMethods"),
+    );
+}
+
+fn token_ttl_schema(schema: &mut Schema) {
+    duration_schema(schema, "tokenTTL", Some("1m"), Some("24h"));
+}
+
+fn rotation_interval_schema(schema: &mut Schema) {
+    duration_schema(schema, "interval", Some("10s"), None);
+}
+
+fn grace_period_schema(schema: &mut Schema) {
+    duration_schema(schema, "gracePeriod", None, None);
+}
+
+fn secret_rotation_rules(schema: &mut Schema) {
+    add_rule(
+        schema,
+        "duration(self.gracePeriod) < duration(self.interval)",
+        "gracePeriod must be shorter than interval",
+        Some(".gracePeriod"),
+    );
+}
+
+fn additional_claims_schema(schema: &mut Schema) {
+    // Values are arbitrary JSON; keys are checked by CEL.
+    schema.insert("type".into(), "object".into());
+    schema.insert(
+        "additionalProperties".into(),
+        serde_json::json!({ "x-kubernetes-preserve-unknown-fields": true }),
+    );
+    schema.insert("maxProperties".into(), 32.into());
+    schema.remove("nullable");
+    add_rule(
+        schema,
+        &format!(
+            "self.all(k, !(k in {}))",
+            validation::reserved_claims_cel_list()
+        ),
+        &format!(
+            "additionalClaims may not set registered or Sigil-owned claims ({})",
+            validation::RESERVED_CLAIMS.join(", ")
+        ),
+        None,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(name: &str, ns: &str, spec: OAuthClientSpec) -> OAuthClient {
+        let mut c = OAuthClient::new(name, spec);
+        c.metadata.namespace = Some(ns.into());
+        c
+    }
+
+    fn empty_spec() -> OAuthClientSpec {
+        serde_json::from_value(serde_json::json!({})).unwrap()
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = client("task-service", "tasks", empty_spec());
+        assert_eq!(c.client_id(), "task-service.tasks");
+        assert_eq!(c.secret_name(), "task-service-oauth");
+        assert_eq!(c.spec.token_ttl(), Duration::from_secs(3600));
+        assert_eq!(
+            c.spec.auth_methods(),
+            vec![AuthMethod::ClientSecretBasic, AuthMethod::ClientSecretPost]
+        );
+        assert!(!c.spec.disabled);
+    }
+
+    #[test]
+    fn explicit_values_win() {
+        let spec: OAuthClientSpec = serde_json::from_value(serde_json::json!({
+            "clientId": "task",
+            "secretName": "creds",
+            "tokenTTL": "10m",
+            "authMethods": ["client_secret_post"],
+        }))
+        .unwrap();
+        let c = client("task-service", "tasks", spec);
+        assert_eq!(c.client_id(), "task");
+        assert_eq!(c.secret_name(), "creds");
+        assert_eq!(c.spec.token_ttl(), Duration::from_secs(600));
+        assert_eq!(c.spec.auth_methods(), vec![AuthMethod::ClientSecretPost]);
+    }
+}
