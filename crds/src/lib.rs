@@ -5,7 +5,9 @@
 //! from them, including the OpenAPI constraints and CEL rules that make the
 //! API server refuse bad manifests with a message naming the field.
 
+pub mod keys;
 pub mod oauth_client;
+pub mod ring;
 pub mod signing_key;
 mod validation;
 
