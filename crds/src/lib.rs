@@ -5,6 +5,10 @@
 //! from them, including the OpenAPI constraints and CEL rules that make the
 //! API server refuse bad manifests with a message naming the field.
 
+// kube's `printcolumn(...)` repeats `type_` per column, which clippy
+// mistakes for a duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod keys;
 pub mod oauth_client;
 pub mod ring;
@@ -72,22 +76,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
 #[error("invalid duration {0:?}: expected a Go duration such as 90s, 10m or 1h30m")]
 pub struct DurationError(pub String);
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_go_durations() {
-        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
-        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        assert!(parse_duration("10").is_err());
-        assert!(parse_duration("1d").is_err());
-        assert!(parse_duration("-5m").is_err());
-        assert!(parse_duration("").is_err());
-    }
-}
-
 /// The CRD manifests as `(file name, YAML)`, in the order to apply them.
 /// `gen-crds` writes these files; tests install the CRDs from the same text.
 pub fn crd_manifests() -> anyhow::Result<Vec<(&'static str, String)>> {
@@ -111,4 +99,20 @@ pub fn crd_manifests() -> anyhow::Result<Vec<(&'static str, String)>> {
 pub fn secret_verifier(secret: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(secret.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_go_durations() {
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("1d").is_err());
+        assert!(parse_duration("-5m").is_err());
+        assert!(parse_duration("").is_err());
+    }
 }
