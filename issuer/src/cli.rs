@@ -1,0 +1,177 @@
+//! The command line of DESIGN.md §8 / §8b. Every flag also reads
+//! `SIGIL_<FLAG>` from the environment.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::app::{self, App, Settings};
+use crate::metrics::Metrics;
+use crate::standalone;
+use crate::store::{Store, TokenTyp};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "issuer",
+    version,
+    about = "Sigil's OAuth2 issuer: token, JWKS, discovery and introspection endpoints",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Subcommands other than serving (the token agent comes later).
+#[derive(Subcommand, Debug)]
+pub enum Command {}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// The issuer URL (`iss`), without a trailing '/'. Endpoints live under
+    /// its path.
+    #[arg(long, env = "SIGIL_ISSUER_URL")]
+    pub issuer_url: String,
+
+    /// Address of the token/JWKS/discovery/introspection API.
+    #[arg(long, env = "SIGIL_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "SIGIL_HEALTH_LISTEN", default_value = "0.0.0.0:8081")]
+    pub health_listen: SocketAddr,
+
+    /// Namespace of the issuer, its SigningKeys and their Secrets.
+    #[arg(long, env = "SIGIL_NAMESPACE", default_value = "sigil-system")]
+    pub namespace: String,
+
+    /// The SigningKey that signs tokens of clients that name none.
+    #[arg(long, env = "SIGIL_SIGNING_KEY", default_value = "default")]
+    pub signing_key: String,
+
+    /// PEM certificate chain for HTTPS (reloaded when the file changes).
+    #[arg(long, env = "SIGIL_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for HTTPS.
+    #[arg(long, env = "SIGIL_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Serve plain HTTP on a non-loopback address (behind a TLS-terminating
+    /// proxy). Loopback addresses never need it.
+    #[arg(long, env = "SIGIL_ALLOW_PLAIN_HTTP")]
+    pub allow_plain_http: bool,
+
+    /// Standalone mode: a folder of OAuthClient and SigningKey manifests
+    /// (YAML, several documents per file) instead of a cluster.
+    #[arg(long, env = "SIGIL_MANIFESTS", requires = "secrets")]
+    pub manifests: Option<PathBuf>,
+
+    /// Standalone mode: JSON object {"<client_id>": "<secret>"}; missing
+    /// clients get a generated secret written back (mode 0600).
+    #[arg(long, env = "SIGIL_SECRETS", requires = "manifests")]
+    pub secrets: Option<PathBuf>,
+
+    /// Standalone mode: keep signing keys here across restarts.
+    #[arg(long, env = "SIGIL_STATE_DIR", requires = "manifests")]
+    pub state_dir: Option<PathBuf>,
+
+    /// `typ` header of access tokens: at+jwt (RFC 9068) or JWT (for
+    /// verifiers such as Spring/Nimbus that reject at+jwt).
+    #[arg(long, env = "SIGIL_TOKEN_TYP", value_enum, default_value = "at+jwt")]
+    pub token_typ: TokenTyp,
+
+    /// Failed client authentications allowed per minute per source address
+    /// and per client id before 429.
+    #[arg(long, env = "SIGIL_FAILED_AUTH_PER_MINUTE", default_value = "60")]
+    pub failed_auth_per_minute: NonZeroU32,
+}
+
+impl ServeArgs {
+    pub fn settings(&self) -> Settings {
+        Settings {
+            issuer_url: self.issuer_url.clone(),
+            token_typ: self.token_typ,
+            failed_auth_per_minute: self.failed_auth_per_minute,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Serve(#[from] app::ServeError),
+    #[error(transparent)]
+    Standalone(#[from] standalone::StandaloneError),
+    #[error("cannot reach the cluster (in-cluster config, KUBECONFIG or ~/.kube/config): {0}")]
+    Kube(#[from] kube::Error),
+    #[error(
+        "refusing plain HTTP on {0}: give --tls-cert/--tls-key, listen on a loopback address, or pass --allow-plain-http"
+    )]
+    PlainHttp(SocketAddr),
+}
+
+/// Serves until a server fails or the process is stopped.
+pub async fn serve(args: ServeArgs) -> Result<(), RunError> {
+    if args.tls_cert.is_none() && !args.listen.ip().is_loopback() && !args.allow_plain_http {
+        return Err(RunError::PlainHttp(args.listen));
+    }
+    let store = Arc::new(Store::new(&args.signing_key));
+    let metrics = Arc::new(Metrics::new());
+    let app = Arc::new(App::new(store.clone(), metrics.clone(), &args.settings())?);
+
+    if let (Some(manifests_dir), Some(secrets_file)) = (&args.manifests, &args.secrets) {
+        let manifests = standalone::load_manifests(manifests_dir)?;
+        let secrets = standalone::load_or_create_secrets(secrets_file, &manifests.clients)?;
+        standalone::load_clients(&store, &manifests.clients, &secrets);
+        let rings = standalone::start_rings(
+            &store,
+            &manifests.signing_keys,
+            &args.signing_key,
+            args.state_dir.as_deref(),
+        )
+        .await?;
+        for ring in rings {
+            tokio::spawn(standalone::rotate_forever(
+                store.clone(),
+                ring,
+                args.state_dir.clone(),
+            ));
+        }
+        metrics.apiserver_connected.set(1);
+        store.mark_synced();
+        tracing::info!(
+            clients = store.client_count(),
+            manifests = %manifests_dir.display(),
+            "standalone mode"
+        );
+    } else {
+        let client = kube::Client::try_default().await?;
+        tokio::spawn(crate::cluster::run(
+            client,
+            args.namespace.clone(),
+            store.clone(),
+            metrics,
+        ));
+    }
+
+    app::spawn_housekeeping(app.clone());
+    let health = app::serve_plain(args.health_listen, app::health_router(app.clone()));
+    let api = app::api_router(app);
+    let api = async {
+        match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => app::serve_tls(args.listen, api, cert, key).await,
+            _ => app::serve_plain(args.listen, api).await,
+        }
+    };
+    tokio::select! {
+        result = health => result?,
+        result = api => result?,
+    }
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! OIDC Discovery 1.0 and RFC 8414 metadata, serialized once from the
+//! configured issuer URL.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
+use bytes::Bytes;
+
+use crate::app::App;
+
+pub const AUTH_METHODS: [&str; 3] = [
+    "client_secret_basic",
+    "client_secret_post",
+    "private_key_jwt",
+];
+/// Algorithms accepted for `private_key_jwt` assertions.
+pub const ASSERTION_ALGORITHMS: [&str; 8] = [
+    "ES256", "ES384", "RS256", "RS384", "RS512", "PS256", "PS384", "EdDSA",
+];
+/// Algorithms Sigil signs access tokens with (a `SigningKey` picks one).
+pub const SIGNING_ALGORITHMS: [&str; 7] = [
+    "ES256", "ES384", "RS256", "RS384", "RS512", "PS256", "EdDSA",
+];
+
+/// The metadata document (one for both well-known paths: RFC 8414 §3 and
+/// OIDC Discovery §4 share their members here).
+pub fn metadata_json(issuer: &str) -> Bytes {
+    let document = serde_json::json!({
+        "issuer": issuer,
+        "token_endpoint": format!("{issuer}/oauth2/token"),
+        "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+        "introspection_endpoint": format!("{issuer}/oauth2/introspect"),
+        "grant_types_supported": ["client_credentials"],
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": AUTH_METHODS,
+        "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
+        "introspection_endpoint_auth_methods_supported": AUTH_METHODS,
+        "introspection_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
+        // OIDC Discovery requires these even without ID tokens.
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": SIGNING_ALGORITHMS,
+        "access_token_signing_alg_values_supported": SIGNING_ALGORITHMS,
+    });
+    Bytes::from(document.to_string())
+}
+
+pub async fn metadata_endpoint(State(app): State<Arc<App>>) -> Response {
+    let mut response = Response::new(Body::from(app.metadata.clone()));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=3600"),
+    );
+    response
+}

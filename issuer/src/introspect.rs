@@ -1,0 +1,121 @@
+//! `POST /oauth2/introspect` (RFC 7662), authenticated like the token
+//! endpoint. A token is active only if a currently published key signed
+//! it, it is unexpired, and its client still exists and is not disabled.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Deserialize;
+
+use crate::app::App;
+use crate::metrics::ResultLabel;
+use crate::oauth_error::OAuthError;
+use crate::store::Store;
+use crate::token::{authenticate_request, read_form_request, unix_now};
+
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+    kid: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    iss: Option<String>,
+    exp: Option<i64>,
+    nbf: Option<i64>,
+    client_id: Option<String>,
+}
+
+/// The RFC 7662 §2.2 answer for `token`: `{"active": false}` unless every
+/// check passes, then the token's claims plus `active` and `token_type`.
+pub fn introspect_token(store: &Store, issuer: &str, token: &str, now: i64) -> serde_json::Value {
+    inspect(store, issuer, token, now).unwrap_or_else(|| serde_json::json!({ "active": false }))
+}
+
+fn inspect(store: &Store, issuer: &str, token: &str, now: i64) -> Option<serde_json::Value> {
+    let mut parts = token.split('.');
+    let (header_b64, claims_b64, signature_b64) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let header: Header = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header_b64).ok()?).ok()?;
+    let key = store.published_key(header.kid.as_deref()?)?;
+    if key.verifier.jws_alg() != header.alg {
+        return None;
+    }
+    let signature = URL_SAFE_NO_PAD.decode(signature_b64).ok()?;
+    let signed_len = header_b64.len() + 1 + claims_b64.len();
+    if !key
+        .verifier
+        .verify(&token.as_bytes()[..signed_len], &signature)
+    {
+        return None;
+    }
+    let claims_json = URL_SAFE_NO_PAD.decode(claims_b64).ok()?;
+    let claims: Claims = serde_json::from_slice(&claims_json).ok()?;
+    if claims.iss.as_deref() != Some(issuer)
+        || claims.exp? <= now
+        || claims.nbf.is_some_and(|nbf| nbf > now + 60)
+    {
+        return None;
+    }
+    let client = store.client(claims.client_id.as_deref()?)?;
+    if client.disabled {
+        return None;
+    }
+    let serde_json::Value::Object(mut members) = serde_json::from_slice(&claims_json).ok()? else {
+        return None;
+    };
+    members.insert("active".into(), true.into());
+    members.insert("token_type".into(), "Bearer".into());
+    Some(serde_json::Value::Object(members))
+}
+
+pub async fn introspect_endpoint(State(app): State<Arc<App>>, request: Request) -> Response {
+    let result = async {
+        let request = read_form_request(request).await?;
+        let now = unix_now();
+        authenticate_request(&app, &request, &app.introspection_endpoint, now)?;
+        let token = request
+            .form
+            .token
+            .as_deref()
+            .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
+        Ok::<_, OAuthError>(introspect_token(&app.store, &app.issuer, token, now))
+    }
+    .await;
+    match result {
+        Ok(answer) => {
+            let active = answer["active"] == true;
+            app.metrics
+                .introspection_requests
+                .get_or_create(&ResultLabel {
+                    result: if active { "active" } else { "inactive" },
+                })
+                .inc();
+            let mut response = Response::new(Body::from(answer.to_string()));
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Err(error) => {
+            app.metrics
+                .introspection_requests
+                .get_or_create(&ResultLabel {
+                    result: error.code.as_str(),
+                })
+                .inc();
+            error.into_response()
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Prometheus metrics (text format on the health port). Labels are fixed
+//! words, never client ids or anything a caller sent.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabel {
+    pub resource: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub token_requests: Family<ResultLabel, Counter>,
+    pub token_latency: Histogram,
+    pub introspection_requests: Family<ResultLabel, Counter>,
+    pub clients: Gauge,
+    pub published_keys: Gauge,
+    /// 1 while every watch is connected to the API server; 0 while the
+    /// issuer serves from its caches only. Always 1 in standalone mode.
+    pub apiserver_connected: Gauge,
+    pub watch_errors: Family<ResourceLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("sigil_issuer");
+        let token_requests = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "token_requests",
+            "Token endpoint requests by result (success or the OAuth error code)",
+            token_requests.clone(),
+        );
+        // 50 µs .. ~100 ms.
+        let token_latency = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 12),
+        );
+        registry.register(
+            "token_request_duration_seconds",
+            "Time to answer a token request, in seconds",
+            token_latency.clone(),
+        );
+        let introspection_requests = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "introspection_requests",
+            "Introspection requests by result",
+            introspection_requests.clone(),
+        );
+        let clients = Gauge::default();
+        registry.register(
+            "clients",
+            "OAuth clients known to the issuer",
+            clients.clone(),
+        );
+        let published_keys = Gauge::default();
+        registry.register(
+            "signing_keys",
+            "Signing keys published in the JWKS (pending, active and retired)",
+            published_keys.clone(),
+        );
+        let apiserver_connected = Gauge::default();
+        registry.register(
+            "apiserver_connected",
+            "1 while the watches reach the API server, 0 while serving from caches",
+            apiserver_connected.clone(),
+        );
+        let watch_errors = Family::<ResourceLabel, Counter>::default();
+        registry.register(
+            "watch_errors",
+            "Errors of the API server watches, by resource",
+            watch_errors.clone(),
+        );
+        Metrics {
+            registry,
+            token_requests,
+            token_latency,
+            introspection_requests,
+            clients,
+            published_keys,
+            apiserver_connected,
+            watch_errors,
+        }
+    }
+
+    pub fn count_token(&self, result: &'static str) {
+        self.token_requests
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

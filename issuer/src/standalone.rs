@@ -1,0 +1,652 @@
+//! Standalone mode (DESIGN.md §8): the same store fed from OAuthClient and
+//! SigningKey manifests in a folder and a JSON secrets file, no cluster.
+//! Signing keys are generated at start and rotated in memory per their
+//! spec (or kept in `--state-dir`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use serde::{Deserialize, Serialize};
+use sigil_crds::{
+    AuthMethod, KeyState, OAuthClient, OAuthClientStatus, SecretVerifier, SigningAlgorithm,
+    SigningKey, SigningKeySpec,
+};
+
+use crate::signer::{KeyError, ParsedKey, generate_pkcs8_der, pkcs8_der_to_pem};
+use crate::store::{ClientEntry, Ring, RingKeySource, Store};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StandaloneError {
+    #[error("cannot read the manifests folder {path}: {source}")]
+    ReadDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid YAML: {reason}")]
+    Yaml { path: PathBuf, reason: String },
+    #[error("{path}: document {index} ({kind}) does not match the {kind} schema: {reason}")]
+    Manifest {
+        path: PathBuf,
+        index: usize,
+        kind: String,
+        reason: String,
+    },
+    #[error(
+        "the secrets file {path} must be a JSON object {{\"<client_id>\": \"<secret>\"}}: {reason}"
+    )]
+    SecretsFormat { path: PathBuf, reason: String },
+    #[error("cannot write the secrets file {path}: {source}")]
+    WriteSecrets {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("signing key {name}: {source}")]
+    Key { name: String, source: KeyError },
+    #[error("cannot use the state folder {path}: {reason}")]
+    State { path: PathBuf, reason: String },
+}
+
+/// What the manifests folder declares.
+#[derive(Default)]
+pub struct Manifests {
+    pub clients: Vec<OAuthClient>,
+    pub signing_keys: Vec<SigningKey>,
+}
+
+/// Reads every `*.yaml`/`*.yml` file of `dir` (several documents per file
+/// allowed); other kinds are skipped with a note.
+pub fn load_manifests(dir: &Path) -> Result<Manifests, StandaloneError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| StandaloneError::ReadDir {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| e == "yaml" || e == "yml")
+        })
+        .collect();
+    paths.sort();
+    let mut manifests = Manifests::default();
+    for path in paths {
+        let text = std::fs::read_to_string(&path).map_err(|source| StandaloneError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        parse_documents(&path, &text, &mut manifests)?;
+    }
+    Ok(manifests)
+}
+
+/// Parses a multi-document YAML text into `manifests`.
+pub fn parse_documents(
+    path: &Path,
+    text: &str,
+    manifests: &mut Manifests,
+) -> Result<(), StandaloneError> {
+    let documents: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(text).map_err(|e| StandaloneError::Yaml {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+    for (index, document) in documents.into_iter().enumerate() {
+        if document.is_null() {
+            continue;
+        }
+        let kind = document
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or_default()
+            .to_owned();
+        let bad = |reason: String| StandaloneError::Manifest {
+            path: path.to_owned(),
+            index,
+            kind: kind.clone(),
+            reason,
+        };
+        match kind.as_str() {
+            "OAuthClient" => {
+                let mut client: OAuthClient =
+                    serde_json::from_value(document).map_err(|e| bad(e.to_string()))?;
+                client
+                    .metadata
+                    .namespace
+                    .get_or_insert_with(|| "default".into());
+                manifests.clients.push(client);
+            }
+            "SigningKey" => {
+                let key: SigningKey =
+                    serde_json::from_value(document).map_err(|e| bad(e.to_string()))?;
+                manifests.signing_keys.push(key);
+            }
+            other => {
+                tracing::debug!(path = %path.display(), index, kind = other, "skipping a document that is not a Sigil resource")
+            }
+        }
+    }
+    Ok(())
+}
+
+fn uses_secret(client: &OAuthClient) -> bool {
+    client.spec.auth_methods().iter().any(|m| {
+        matches!(
+            m,
+            AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost
+        )
+    })
+}
+
+/// A fresh client secret: 256 random bits, base64url (DESIGN.md §3).
+pub fn generate_secret() -> String {
+    URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+}
+
+/// Reads the secrets file (missing = empty), generates a secret for every
+/// client that needs one and lacks it, and writes the file back (0600).
+/// Says on stderr which client ids got one, never the secret.
+pub fn load_or_create_secrets(
+    path: &Path,
+    clients: &[OAuthClient],
+) -> Result<BTreeMap<String, String>, StandaloneError> {
+    let mut secrets: BTreeMap<String, String> = match std::fs::read_to_string(path) {
+        Ok(text) if text.trim().is_empty() => BTreeMap::new(),
+        Ok(text) => serde_json::from_str(&text).map_err(|e| StandaloneError::SecretsFormat {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        Err(source) => {
+            return Err(StandaloneError::Read {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let mut generated = Vec::new();
+    for client in clients.iter().filter(|c| uses_secret(c)) {
+        let id = client.client_id();
+        if !secrets.contains_key(&id) {
+            secrets.insert(id.clone(), generate_secret());
+            generated.push(id);
+        }
+    }
+    if !generated.is_empty() {
+        write_secrets(path, &secrets)?;
+        eprintln!(
+            "sigil issuer: generated client secrets for {} written to {}",
+            generated.join(", "),
+            path.display()
+        );
+    }
+    Ok(secrets)
+}
+
+fn write_secrets(path: &Path, secrets: &BTreeMap<String, String>) -> Result<(), StandaloneError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let failed = |source| StandaloneError::WriteSecrets {
+        path: path.to_owned(),
+        source,
+    };
+    let text = serde_json::to_string_pretty(secrets).unwrap_or_default();
+    let temporary = path.with_extension("tmp-sigil");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)
+        .map_err(failed)?;
+    file.write_all(text.as_bytes()).map_err(failed)?;
+    file.write_all(b"\n").map_err(failed)?;
+    file.sync_all().map_err(failed)?;
+    std::fs::rename(&temporary, path).map_err(failed)
+}
+
+/// The client with the status the operator would have written: the
+/// verifier of its secret.
+pub fn with_verifier(client: &OAuthClient, secrets: &BTreeMap<String, String>) -> OAuthClient {
+    let mut client = client.clone();
+    let verifiers = secrets
+        .get(&client.client_id())
+        .map(|secret| {
+            vec![SecretVerifier {
+                sha256: sigil_crds::secret_verifier(secret),
+                created_at: Time(jiff::Timestamp::now()),
+                expires_at: None,
+            }]
+        })
+        .unwrap_or_default();
+    client.status = Some(OAuthClientStatus {
+        client_id: Some(client.client_id()),
+        secret_verifiers: verifiers,
+        ..Default::default()
+    });
+    client
+}
+
+/// Puts every client into the store.
+pub fn load_clients(store: &Store, clients: &[OAuthClient], secrets: &BTreeMap<String, String>) {
+    let mut seen = HashMap::new();
+    for client in clients {
+        let id = client.client_id();
+        if let Some(previous) =
+            seen.insert(id.clone(), crate::store::ObjectKey::of(&client.metadata))
+        {
+            tracing::warn!(client_id = %id, first = %previous, "duplicate client id in the manifests; the first one keeps it");
+            continue;
+        }
+        store.insert_client_entry(ClientEntry::from_oauth_client(&with_verifier(
+            client, secrets,
+        )));
+    }
+}
+
+// ------------------------------------------------------------ key rings
+
+/// One key of an in-memory ring.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MemoryKey {
+    kid: String,
+    state: KeyState,
+    /// Unix seconds.
+    activates_at: i64,
+    retires_at: Option<i64>,
+    pkcs8_pem: String,
+}
+
+/// A SigningKey's ring kept in memory (and optionally on disk), rotated on
+/// the same schedule the operator follows: a successor is generated
+/// `prePublish` before the active key's `rotationInterval` ends, published
+/// as Pending, then signs; the old key stays published `retireAfter`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemoryRing {
+    name: String,
+    #[serde(skip)]
+    spec: Option<SigningKeySpec>,
+    keys: Vec<MemoryKey>,
+}
+
+fn secs(duration: Duration) -> i64 {
+    i64::try_from(duration.as_secs()).unwrap_or(i64::MAX / 4)
+}
+
+impl MemoryRing {
+    fn spec(&self) -> SigningKeySpec {
+        self.spec.clone().unwrap_or(SigningKeySpec {
+            algorithm: SigningAlgorithm::ES256,
+            rsa_bits: None,
+            rotation_interval: None,
+            pre_publish: None,
+            retire_after: None,
+        })
+    }
+
+    fn new_key(&self, state: KeyState, activates_at: i64) -> Result<MemoryKey, StandaloneError> {
+        let spec = self.spec();
+        let der = generate_pkcs8_der(spec.algorithm, spec.rsa_bits()).map_err(|source| {
+            StandaloneError::Key {
+                name: self.name.clone(),
+                source,
+            }
+        })?;
+        let parsed = ParsedKey::from_pkcs8_der(spec.algorithm, &der).map_err(|source| {
+            StandaloneError::Key {
+                name: self.name.clone(),
+                source,
+            }
+        })?;
+        Ok(MemoryKey {
+            kid: parsed.thumbprint(),
+            state,
+            activates_at,
+            retires_at: None,
+            pkcs8_pem: pkcs8_der_to_pem(&der),
+        })
+    }
+
+    /// Moves the ring to `now` (blocking: may generate a key). `force`
+    /// schedules a successor now, still pre-published. Returns whether
+    /// anything changed.
+    pub fn advance(&mut self, now: i64, force: bool) -> Result<bool, StandaloneError> {
+        let spec = self.spec();
+        let (interval, pre_publish, retire_after) = (
+            secs(spec.rotation_interval()),
+            secs(spec.pre_publish()),
+            secs(spec.retire_after()),
+        );
+        let mut changed = false;
+        if !self.keys.iter().any(|k| k.state == KeyState::Active) {
+            // First start: nothing to protect, the key signs at once.
+            let key = self.new_key(KeyState::Active, now)?;
+            self.keys.push(key);
+            changed = true;
+        }
+        // A pending key whose time came takes over.
+        if let Some(next) = self
+            .keys
+            .iter()
+            .position(|k| k.state == KeyState::Pending && k.activates_at <= now)
+        {
+            let activates_at = self.keys[next].activates_at;
+            for key in self.keys.iter_mut().filter(|k| k.state == KeyState::Active) {
+                key.state = KeyState::Retired;
+                key.retires_at = Some(activates_at);
+            }
+            self.keys[next].state = KeyState::Active;
+            changed = true;
+        }
+        let before = self.keys.len();
+        self.keys.retain(|k| {
+            k.state != KeyState::Retired || k.retires_at.is_none_or(|r| r + retire_after > now)
+        });
+        changed |= self.keys.len() != before;
+        let has_pending = self.keys.iter().any(|k| k.state == KeyState::Pending);
+        let active_since = self
+            .keys
+            .iter()
+            .find(|k| k.state == KeyState::Active)
+            .map(|k| k.activates_at)
+            .unwrap_or(now);
+        if !has_pending && (force || active_since + interval - pre_publish <= now) {
+            let activates_at = if force {
+                now + pre_publish
+            } else {
+                (active_since + interval).max(now + pre_publish.min(interval))
+            };
+            let key = self.new_key(KeyState::Pending, activates_at)?;
+            for active in self.keys.iter_mut().filter(|k| k.state == KeyState::Active) {
+                active.retires_at = Some(activates_at);
+            }
+            self.keys.push(key);
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    /// When `advance` next has something to do.
+    pub fn next_wake(&self) -> i64 {
+        let spec = self.spec();
+        let (interval, pre_publish, retire_after) = (
+            secs(spec.rotation_interval()),
+            secs(spec.pre_publish()),
+            secs(spec.retire_after()),
+        );
+        let mut wake = i64::MAX;
+        for key in &self.keys {
+            match key.state {
+                KeyState::Pending => wake = wake.min(key.activates_at),
+                KeyState::Active => {
+                    if !self.keys.iter().any(|k| k.state == KeyState::Pending) {
+                        wake = wake.min(key.activates_at + interval - pre_publish);
+                    }
+                }
+                KeyState::Retired => {
+                    if let Some(retired) = key.retires_at {
+                        wake = wake.min(retired + retire_after);
+                    }
+                }
+            }
+        }
+        wake
+    }
+
+    pub fn to_ring(&self) -> Ring {
+        let spec = self.spec();
+        let sources: Vec<RingKeySource<'_>> = self
+            .keys
+            .iter()
+            .map(|k| RingKeySource {
+                kid: &k.kid,
+                state: k.state,
+                pkcs8_pem: &k.pkcs8_pem,
+            })
+            .collect();
+        Ring::build(&self.name, spec.algorithm, spec.pre_publish(), &sources)
+    }
+
+    pub fn active_kid(&self) -> Option<&str> {
+        self.keys
+            .iter()
+            .find(|k| k.state == KeyState::Active)
+            .map(|k| k.kid.as_str())
+    }
+
+    pub fn kids(&self) -> Vec<(String, KeyState)> {
+        self.keys.iter().map(|k| (k.kid.clone(), k.state)).collect()
+    }
+}
+
+fn state_file(state_dir: &Path, name: &str) -> PathBuf {
+    state_dir.join(format!("signing-key-{name}.json"))
+}
+
+/// Loads a ring from the state folder, or starts an empty one.
+fn open_ring(
+    name: &str,
+    spec: SigningKeySpec,
+    state_dir: Option<&Path>,
+) -> Result<MemoryRing, StandaloneError> {
+    if let Some(dir) = state_dir {
+        let path = state_file(dir, name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let mut ring: MemoryRing =
+                    serde_json::from_str(&text).map_err(|e| StandaloneError::State {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                let algorithm_matches = ring
+                    .keys
+                    .iter()
+                    .all(|k| ParsedKey::from_pkcs8_pem(spec.algorithm, &k.pkcs8_pem).is_ok());
+                if algorithm_matches {
+                    ring.spec = Some(spec);
+                    return Ok(ring);
+                }
+                tracing::warn!(
+                    ring = name,
+                    "the stored keys do not match the spec's algorithm; starting a new ring"
+                );
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(StandaloneError::State {
+                    path,
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+    Ok(MemoryRing {
+        name: name.to_owned(),
+        spec: Some(spec),
+        keys: Vec::new(),
+    })
+}
+
+fn save_ring(ring: &MemoryRing, state_dir: Option<&Path>) -> Result<(), StandaloneError> {
+    let Some(dir) = state_dir else { return Ok(()) };
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = state_file(dir, &ring.name);
+    let failed = |e: std::io::Error| StandaloneError::State {
+        path: path.clone(),
+        reason: e.to_string(),
+    };
+    std::fs::create_dir_all(dir).map_err(failed)?;
+    let temporary = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)
+        .map_err(failed)?;
+    file.write_all(serde_json::to_string(ring).unwrap_or_default().as_bytes())
+        .map_err(failed)?;
+    std::fs::rename(&temporary, &path).map_err(failed)
+}
+
+/// Creates the rings of `signing_keys` (plus a default ES256 ring named
+/// `default_name` if none has that name), installs them in the store, and
+/// returns them for [`rotate_forever`].
+pub async fn start_rings(
+    store: &Store,
+    signing_keys: &[SigningKey],
+    default_name: &str,
+    state_dir: Option<&Path>,
+) -> Result<Vec<MemoryRing>, StandaloneError> {
+    let mut specs: Vec<(String, SigningKeySpec)> = signing_keys
+        .iter()
+        .map(|k| (k.metadata.name.clone().unwrap_or_default(), k.spec.clone()))
+        .collect();
+    if !specs.iter().any(|(name, _)| name == default_name) {
+        specs.push((
+            default_name.to_owned(),
+            serde_json::from_value(serde_json::json!({})).map_err(|e| StandaloneError::State {
+                path: PathBuf::new(),
+                reason: e.to_string(),
+            })?,
+        ));
+    }
+    let mut rings = Vec::new();
+    for (name, spec) in specs {
+        let ring = open_ring(&name, spec, state_dir)?;
+        let state_dir = state_dir.map(Path::to_owned);
+        let ring = tokio::task::spawn_blocking(move || -> Result<MemoryRing, StandaloneError> {
+            let mut ring = ring;
+            ring.advance(crate::token::unix_now(), false)?;
+            save_ring(&ring, state_dir.as_deref())?;
+            Ok(ring)
+        })
+        .await
+        .map_err(|e| StandaloneError::State {
+            path: PathBuf::new(),
+            reason: e.to_string(),
+        })??;
+        tracing::info!(ring = %ring.name, active_kid = ring.active_kid().unwrap_or("none"), "signing key ring ready");
+        store.set_ring(ring.to_ring());
+        rings.push(ring);
+    }
+    Ok(rings)
+}
+
+/// Rotates one ring on schedule, forever.
+pub async fn rotate_forever(store: Arc<Store>, mut ring: MemoryRing, state_dir: Option<PathBuf>) {
+    loop {
+        let wait = (ring.next_wake() - crate::token::unix_now()).clamp(1, 3600);
+        tokio::time::sleep(Duration::from_secs(wait as u64)).await;
+        let state = state_dir.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let changed = ring.advance(crate::token::unix_now(), false);
+            (ring, changed, state)
+        })
+        .await;
+        let Ok((advanced, changed, state)) = result else {
+            tracing::error!("the key rotation task panicked; rotation stops");
+            return;
+        };
+        ring = advanced;
+        match changed {
+            Ok(true) => {
+                if let Err(error) = save_ring(&ring, state.as_deref()) {
+                    tracing::warn!(%error, "could not save the key ring");
+                }
+                tracing::info!(ring = %ring.name, active_kid = ring.active_kid().unwrap_or("none"), "rotated signing keys");
+                store.set_ring(ring.to_ring());
+            }
+            Ok(false) => {}
+            Err(error) => tracing::error!(%error, "key rotation failed; retrying"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(spec: serde_json::Value) -> MemoryRing {
+        MemoryRing {
+            name: "r".into(),
+            spec: Some(serde_json::from_value(spec).unwrap()),
+            keys: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn ring_pre_publishes_then_activates_then_retires() {
+        let mut r = ring(
+            serde_json::json!({"rotationInterval": "100s", "prePublish": "20s", "retireAfter": "30s"}),
+        );
+        r.advance(1000, false).unwrap();
+        let first = r.active_kid().unwrap().to_owned();
+        assert_eq!(r.next_wake(), 1080);
+        // At 1080 a successor is published but does not sign yet.
+        assert!(r.advance(1080, false).unwrap());
+        assert_eq!(r.active_kid(), Some(first.as_str()));
+        let states: Vec<KeyState> = r.kids().iter().map(|k| k.1).collect();
+        assert_eq!(states, vec![KeyState::Active, KeyState::Pending]);
+        assert_eq!(r.next_wake(), 1100);
+        // At 1100 it signs; the old key stays published until 1130.
+        r.advance(1100, false).unwrap();
+        assert_ne!(r.active_kid(), Some(first.as_str()));
+        assert_eq!(r.kids()[0], (first.clone(), KeyState::Retired));
+        r.advance(1129, false).unwrap();
+        assert!(r.kids().iter().any(|k| k.0 == first));
+        r.advance(1130, false).unwrap();
+        assert!(!r.kids().iter().any(|k| k.0 == first));
+    }
+
+    #[test]
+    fn forced_rotation_still_pre_publishes() {
+        let mut r = ring(serde_json::json!({"prePublish": "5s"}));
+        r.advance(0, false).unwrap();
+        let first = r.active_kid().unwrap().to_owned();
+        r.advance(10, true).unwrap();
+        assert_eq!(r.active_kid(), Some(first.as_str()));
+        assert_eq!(r.next_wake(), 15);
+        r.advance(15, false).unwrap();
+        assert_ne!(r.active_kid(), Some(first.as_str()));
+    }
+
+    #[test]
+    fn multi_document_manifests_and_secret_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("clients.yaml"),
+            "apiVersion: sigil.dev/v1alpha1\nkind: OAuthClient\nmetadata: {name: task-service, namespace: tasks}\nspec:\n  scopes: [event.view]\n  audiences: [event]\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n---\napiVersion: sigil.dev/v1alpha1\nkind: SigningKey\nmetadata: {name: default}\nspec: {algorithm: EdDSA}\n",
+        )
+        .unwrap();
+        let manifests = load_manifests(dir.path()).unwrap();
+        assert_eq!(manifests.clients.len(), 1);
+        assert_eq!(manifests.signing_keys.len(), 1);
+        let secrets_path = dir.path().join("secrets.json");
+        let secrets = load_or_create_secrets(&secrets_path, &manifests.clients).unwrap();
+        let secret = secrets.get("task-service.tasks").unwrap().clone();
+        assert_eq!(secret.len(), 43);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&secrets_path)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // A second start keeps the secret.
+        let again = load_or_create_secrets(&secrets_path, &manifests.clients).unwrap();
+        assert_eq!(again.get("task-service.tasks"), Some(&secret));
+    }
+}

@@ -1,0 +1,811 @@
+//! In-memory indexes the request path reads: clients by client id, signing
+//! key rings by name, published keys by kid, and the pre-serialized JWKS.
+//! Cluster watchers and standalone mode both feed it; nothing here talks to
+//! the API server.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use sha2::Digest;
+use sigil_crds::{
+    AuthMethod, KeyState, OAuthClient, SigningAlgorithm, SigningKeySpec, SigningKeyStatus,
+};
+
+use crate::signer::{ParsedKey, PublicVerifier};
+
+/// `typ` header of issued tokens (DESIGN.md §6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TokenTyp {
+    /// RFC 9068 `at+jwt` (the default).
+    #[value(name = "at+jwt")]
+    AtJwt,
+    /// Plain `JWT`, for verifiers that reject `at+jwt` (Spring/Nimbus).
+    #[value(name = "JWT")]
+    Jwt,
+}
+
+impl TokenTyp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenTyp::AtJwt => "at+jwt",
+            TokenTyp::Jwt => "JWT",
+        }
+    }
+}
+
+/// Namespace and name of a Kubernetes object.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl ObjectKey {
+    pub fn of(meta: &kube::api::ObjectMeta) -> Self {
+        ObjectKey {
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// One accepted secret, as its SHA-256 digest.
+#[derive(Clone, Debug)]
+pub struct Verifier {
+    pub digest: [u8; 32],
+    /// Unix seconds after which the secret stops working.
+    pub expires_at: Option<i64>,
+}
+
+/// Which client authentication methods a client accepts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AuthMethods {
+    pub basic: bool,
+    pub post: bool,
+    pub private_key_jwt: bool,
+}
+
+impl AuthMethods {
+    pub fn from_list(methods: &[AuthMethod]) -> Self {
+        let mut out = AuthMethods::default();
+        for method in methods {
+            match method {
+                AuthMethod::ClientSecretBasic => out.basic = true,
+                AuthMethod::ClientSecretPost => out.post = true,
+                AuthMethod::PrivateKeyJwt => out.private_key_jwt = true,
+            }
+        }
+        out
+    }
+
+    pub fn allows(&self, method: AuthMethod) -> bool {
+        match method {
+            AuthMethod::ClientSecretBasic => self.basic,
+            AuthMethod::ClientSecretPost => self.post,
+            AuthMethod::PrivateKeyJwt => self.private_key_jwt,
+        }
+    }
+}
+
+/// A public key of a client, for `private_key_jwt`.
+pub struct ClientKey {
+    pub kid: Option<String>,
+    /// The JWK's `alg`, if it names one.
+    pub algorithm: Option<jsonwebtoken::Algorithm>,
+    pub key: jsonwebtoken::DecodingKey,
+}
+
+/// Everything the token endpoint needs about one client.
+pub struct ClientEntry {
+    pub client_id: String,
+    pub object: ObjectKey,
+    /// Creation time (Unix seconds), to pick the owner of a duplicate id.
+    pub created_at: i64,
+    pub verifiers: Vec<Verifier>,
+    pub scopes: Vec<String>,
+    pub audiences: Vec<String>,
+    pub ttl: Duration,
+    pub auth_methods: AuthMethods,
+    pub jwks: Vec<ClientKey>,
+    pub disabled: bool,
+    pub signing_key: Option<String>,
+    /// `additionalClaims` as JSON members without the braces
+    /// (`"stt":1,"tenant":"a"`), spliced into every token; empty if none.
+    pub additional_claims_json: String,
+}
+
+impl std::fmt::Debug for ClientEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientEntry")
+            .field("client_id", &self.client_id)
+            .field("object", &self.object)
+            .field("verifiers", &self.verifiers.len())
+            .field("scopes", &self.scopes)
+            .field("audiences", &self.audiences)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientEntry {
+    /// Builds the entry from an `OAuthClient` as the API server (or a
+    /// manifest plus the standalone secrets file) describes it. Bad client
+    /// JWKs are skipped with a warning rather than dropping the client.
+    pub fn from_oauth_client(client: &OAuthClient) -> Self {
+        let object = ObjectKey::of(&client.metadata);
+        let verifiers = client
+            .status
+            .as_ref()
+            .map(|status| {
+                status
+                    .secret_verifiers
+                    .iter()
+                    .filter_map(|v| {
+                        let mut digest = [0u8; 32];
+                        hex::decode_to_slice(&v.sha256, &mut digest).ok()?;
+                        Some(Verifier {
+                            digest,
+                            expires_at: v.expires_at.as_ref().map(|t| t.0.as_second()),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut jwks = Vec::new();
+        if let Some(set) = &client.spec.jwks {
+            for (index, public) in set.keys.iter().enumerate() {
+                match client_key(&public.0) {
+                    Ok(key) => jwks.push(key),
+                    Err(reason) => tracing::warn!(
+                        client = %object,
+                        index,
+                        %reason,
+                        "skipping an unusable key in spec.jwks"
+                    ),
+                }
+            }
+        }
+        let additional_claims_json = client
+            .spec
+            .additional_claims
+            .as_ref()
+            .filter(|claims| !claims.is_empty())
+            .map(|claims| {
+                let object = serde_json::to_string(claims).unwrap_or_else(|_| "{}".into());
+                object[1..object.len() - 1].to_owned()
+            })
+            .unwrap_or_default();
+        ClientEntry {
+            client_id: client.client_id(),
+            created_at: client
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.as_second())
+                .unwrap_or(0),
+            object,
+            verifiers,
+            scopes: client.spec.scopes.clone(),
+            audiences: client.spec.audiences.clone(),
+            ttl: client.spec.token_ttl(),
+            auth_methods: AuthMethods::from_list(&client.spec.auth_methods()),
+            jwks,
+            disabled: client.spec.disabled,
+            signing_key: client.spec.signing_key.clone(),
+            additional_claims_json,
+        }
+    }
+}
+
+fn client_key(jwk: &serde_json::Map<String, serde_json::Value>) -> Result<ClientKey, String> {
+    let parsed: jsonwebtoken::jwk::Jwk =
+        serde_json::from_value(serde_json::Value::Object(jwk.clone()))
+            .map_err(|e| e.to_string())?;
+    let key = jsonwebtoken::DecodingKey::from_jwk(&parsed).map_err(|e| e.to_string())?;
+    let algorithm = jwk
+        .get("alg")
+        .and_then(|a| a.as_str())
+        .and_then(|a| a.parse::<jsonwebtoken::Algorithm>().ok());
+    Ok(ClientKey {
+        kid: parsed.common.key_id.clone(),
+        algorithm,
+        key,
+    })
+}
+
+/// True when the operator refused this client's id as a duplicate.
+fn marked_duplicate(client: &OAuthClient) -> bool {
+    client.status.as_ref().is_some_and(|status| {
+        status.conditions.iter().any(|c| {
+            c.type_ == sigil_crds::CONDITION_READY
+                && c.status == "False"
+                && c.reason == "DuplicateClientId"
+        })
+    })
+}
+
+/// The key that signs new tokens of a ring, with its JWS header already
+/// encoded for both `typ` settings.
+pub struct ActiveKey {
+    pub kid: String,
+    pub key: ParsedKey,
+    header_at_jwt: String,
+    header_jwt: String,
+}
+
+impl ActiveKey {
+    pub fn new(kid: String, key: ParsedKey) -> Self {
+        let header = |typ: &str| {
+            URL_SAFE_NO_PAD.encode(
+                serde_json::json!({"alg": key.algorithm().as_str(), "kid": kid, "typ": typ})
+                    .to_string(),
+            )
+        };
+        ActiveKey {
+            header_at_jwt: header(TokenTyp::AtJwt.as_str()),
+            header_jwt: header(TokenTyp::Jwt.as_str()),
+            kid,
+            key,
+        }
+    }
+
+    /// base64url(JWS header).
+    pub fn encoded_header(&self, typ: TokenTyp) -> &str {
+        match typ {
+            TokenTyp::AtJwt => &self.header_at_jwt,
+            TokenTyp::Jwt => &self.header_jwt,
+        }
+    }
+}
+
+/// A published (Pending, Active or Retired) key.
+pub struct PublishedKey {
+    pub kid: String,
+    pub state: KeyState,
+    pub ring: String,
+    pub jwk: serde_json::Value,
+    pub verifier: PublicVerifier,
+}
+
+/// One `SigningKey`'s ring, ready for the request path.
+pub struct Ring {
+    pub name: String,
+    pub algorithm: SigningAlgorithm,
+    pub pre_publish: Duration,
+    pub active: Option<Arc<ActiveKey>>,
+    pub published: Vec<Arc<PublishedKey>>,
+}
+
+/// A key of a ring as its source (status + Secret, or standalone memory)
+/// describes it: state and private key PEM.
+pub struct RingKeySource<'a> {
+    pub kid: &'a str,
+    pub state: KeyState,
+    pub pkcs8_pem: &'a str,
+}
+
+impl Ring {
+    /// Parses every key once. Keys whose PEM does not parse are left out
+    /// (and logged); the active key is the one in state `Active` (the last
+    /// one, should the source briefly list two).
+    pub fn build(
+        name: &str,
+        algorithm: SigningAlgorithm,
+        pre_publish: Duration,
+        keys: &[RingKeySource<'_>],
+    ) -> Ring {
+        let mut active = None;
+        let mut published = Vec::new();
+        for source in keys {
+            let parsed = match ParsedKey::from_pkcs8_pem(algorithm, source.pkcs8_pem) {
+                Ok(parsed) => parsed,
+                Err(error) => {
+                    tracing::error!(ring = name, kid = source.kid, %error, "cannot use signing key");
+                    continue;
+                }
+            };
+            published.push(Arc::new(PublishedKey {
+                kid: source.kid.to_owned(),
+                state: source.state,
+                ring: name.to_owned(),
+                jwk: parsed.public_jwk(source.kid),
+                verifier: parsed.verifier(),
+            }));
+            if source.state == KeyState::Active {
+                active = Some(Arc::new(ActiveKey::new(source.kid.to_owned(), parsed)));
+            }
+        }
+        Ring {
+            name: name.to_owned(),
+            algorithm,
+            pre_publish,
+            active,
+            published,
+        }
+    }
+
+    /// From a `SigningKey`'s spec and status plus its Secret's data
+    /// (kid → PKCS#8 PEM). The status says which kid is active.
+    pub fn from_status(
+        name: &str,
+        spec: &SigningKeySpec,
+        status: &SigningKeyStatus,
+        pems: &BTreeMap<String, String>,
+    ) -> Ring {
+        let mut sources = Vec::new();
+        for key in &status.keys {
+            let Some(pem) = pems.get(&key.kid) else {
+                tracing::warn!(ring = name, kid = %key.kid, "the key Secret has no private key for this kid yet");
+                continue;
+            };
+            let state = if status.active_kid.as_deref() == Some(key.kid.as_str()) {
+                KeyState::Active
+            } else if key.state == KeyState::Active {
+                // activeKid is authoritative; a second Active entry only publishes.
+                KeyState::Retired
+            } else {
+                key.state
+            };
+            sources.push(RingKeySource {
+                kid: &key.kid,
+                state,
+                pkcs8_pem: pem,
+            });
+        }
+        Ring::build(name, spec.algorithm, spec.pre_publish(), &sources)
+    }
+}
+
+/// The JWKS response, serialized once per change.
+pub struct JwksDocument {
+    pub body: Bytes,
+    /// Quoted strong ETag.
+    pub etag: String,
+    pub max_age: u64,
+}
+
+/// The longest JWKS cache lifetime we advertise.
+const JWKS_MAX_AGE_CEILING: Duration = Duration::from_secs(300);
+
+impl JwksDocument {
+    fn build(rings: &HashMap<String, Arc<Ring>>) -> JwksDocument {
+        let mut names: Vec<&String> = rings.keys().collect();
+        names.sort();
+        let mut keys = Vec::new();
+        let mut shortest_pre_publish = JWKS_MAX_AGE_CEILING * 4;
+        for name in names {
+            let ring = &rings[name];
+            shortest_pre_publish = shortest_pre_publish.min(ring.pre_publish);
+            keys.extend(ring.published.iter().map(|k| k.jwk.clone()));
+        }
+        let body = serde_json::json!({ "keys": keys }).to_string();
+        let digest = sha2::Sha256::digest(body.as_bytes());
+        // A cache that refreshes every max-age sees a pending key well
+        // before it signs: a quarter of the shortest prePublish, at most 5 min.
+        let max_age = (shortest_pre_publish / 4)
+            .min(JWKS_MAX_AGE_CEILING)
+            .as_secs();
+        JwksDocument {
+            etag: format!("\"{}\"", URL_SAFE_NO_PAD.encode(&digest[..16])),
+            body: Bytes::from(body),
+            max_age,
+        }
+    }
+}
+
+#[derive(Default)]
+struct ClientIndex {
+    /// Every object claiming a client id, oldest first; the first one owns it.
+    by_id: HashMap<String, Vec<Arc<ClientEntry>>>,
+    by_object: HashMap<ObjectKey, String>,
+}
+
+impl ClientIndex {
+    fn remove_object(&mut self, object: &ObjectKey) {
+        if let Some(client_id) = self.by_object.remove(object)
+            && let Some(claims) = self.by_id.get_mut(&client_id)
+        {
+            claims.retain(|entry| &entry.object != object);
+            if claims.is_empty() {
+                self.by_id.remove(&client_id);
+            }
+        }
+    }
+
+    fn insert(&mut self, entry: Arc<ClientEntry>) {
+        self.remove_object(&entry.object);
+        self.by_object
+            .insert(entry.object.clone(), entry.client_id.clone());
+        let claims = self.by_id.entry(entry.client_id.clone()).or_default();
+        claims.push(entry);
+        claims.sort_by(|a, b| (a.created_at, &a.object).cmp(&(b.created_at, &b.object)));
+    }
+}
+
+/// Key Secret data by Secret name: kid → PKCS#8 PEM.
+type KeySecrets = HashMap<String, BTreeMap<String, String>>;
+
+/// What the store knows about one `SigningKey` before it becomes a ring.
+#[derive(Clone, Default)]
+struct RingInputs {
+    spec: Option<SigningKeySpec>,
+    status: Option<SigningKeyStatus>,
+    secret_name: Option<String>,
+}
+
+/// The issuer's whole view of the world.
+pub struct Store {
+    clients: RwLock<ClientIndex>,
+    rings: ArcSwap<HashMap<String, Arc<Ring>>>,
+    published_by_kid: ArcSwap<HashMap<String, Arc<PublishedKey>>>,
+    jwks: ArcSwap<JwksDocument>,
+    /// Cluster mode: SigningKey specs/status and key Secret data by name,
+    /// combined into rings when either changes.
+    ring_inputs: std::sync::Mutex<(HashMap<String, RingInputs>, KeySecrets)>,
+    default_signing_key: String,
+    synced: AtomicBool,
+}
+
+impl Store {
+    pub fn new(default_signing_key: &str) -> Self {
+        let rings = HashMap::new();
+        Store {
+            clients: RwLock::new(ClientIndex::default()),
+            jwks: ArcSwap::from_pointee(JwksDocument::build(&rings)),
+            rings: ArcSwap::from_pointee(rings),
+            published_by_kid: ArcSwap::from_pointee(HashMap::new()),
+            ring_inputs: std::sync::Mutex::new((HashMap::new(), HashMap::new())),
+            default_signing_key: default_signing_key.to_owned(),
+            synced: AtomicBool::new(false),
+        }
+    }
+
+    pub fn default_signing_key(&self) -> &str {
+        &self.default_signing_key
+    }
+
+    // ---- clients ----
+
+    /// The client that owns `client_id`, if any.
+    pub fn client(&self, client_id: &str) -> Option<Arc<ClientEntry>> {
+        let index = self
+            .clients
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        index
+            .by_id
+            .get(client_id)
+            .and_then(|claims| claims.first().cloned())
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.clients
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .by_id
+            .len()
+    }
+
+    pub fn upsert_client(&self, client: &OAuthClient) {
+        let object = ObjectKey::of(&client.metadata);
+        let mut index = self
+            .clients
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if marked_duplicate(client) {
+            index.remove_object(&object);
+            return;
+        }
+        index.insert(Arc::new(ClientEntry::from_oauth_client(client)));
+    }
+
+    pub fn insert_client_entry(&self, entry: ClientEntry) {
+        let mut index = self
+            .clients
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        index.insert(Arc::new(entry));
+    }
+
+    pub fn remove_client(&self, object: &ObjectKey) {
+        let mut index = self
+            .clients
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        index.remove_object(object);
+    }
+
+    /// Replaces every client (a watcher's re-list).
+    pub fn replace_clients(&self, clients: &[OAuthClient]) {
+        let mut fresh = ClientIndex::default();
+        for client in clients {
+            if !marked_duplicate(client) {
+                fresh.insert(Arc::new(ClientEntry::from_oauth_client(client)));
+            }
+        }
+        *self
+            .clients
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = fresh;
+    }
+
+    // ---- signing keys ----
+
+    /// The ring that signs tokens for a client's `spec.signingKey`.
+    pub fn ring(&self, name: Option<&str>) -> Option<Arc<Ring>> {
+        let name = name.unwrap_or(&self.default_signing_key);
+        self.rings.load().get(name).cloned()
+    }
+
+    /// A published key by kid, from any ring.
+    pub fn published_key(&self, kid: &str) -> Option<Arc<PublishedKey>> {
+        self.published_by_kid.load().get(kid).cloned()
+    }
+
+    pub fn published_key_count(&self) -> usize {
+        self.published_by_kid.load().len()
+    }
+
+    pub fn jwks(&self) -> Arc<JwksDocument> {
+        self.jwks.load_full()
+    }
+
+    /// Installs (or replaces) a ring and republishes the JWKS.
+    pub fn set_ring(&self, ring: Ring) {
+        let mut rings = HashMap::clone(&self.rings.load());
+        rings.insert(ring.name.clone(), Arc::new(ring));
+        self.publish_rings(rings);
+    }
+
+    pub fn remove_ring(&self, name: &str) {
+        let mut rings = HashMap::clone(&self.rings.load());
+        if rings.remove(name).is_some() {
+            self.publish_rings(rings);
+        }
+    }
+
+    fn publish_rings(&self, rings: HashMap<String, Arc<Ring>>) {
+        let by_kid = rings
+            .values()
+            .flat_map(|ring| ring.published.iter())
+            .map(|key| (key.kid.clone(), key.clone()))
+            .collect();
+        let jwks = JwksDocument::build(&rings);
+        if jwks.etag != self.jwks.load().etag {
+            tracing::info!(
+                keys = rings.values().map(|r| r.published.len()).sum::<usize>(),
+                "JWKS changed"
+            );
+        }
+        self.published_by_kid.store(Arc::new(by_kid));
+        self.jwks.store(Arc::new(jwks));
+        self.rings.store(Arc::new(rings));
+    }
+
+    /// Cluster mode: a `SigningKey` was added or changed.
+    pub fn upsert_signing_key(&self, key: &sigil_crds::SigningKey) {
+        let name = key.metadata.name.clone().unwrap_or_default();
+        let mut inputs = self.ring_inputs.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = inputs.0.entry(name.clone()).or_default();
+        entry.spec = Some(key.spec.clone());
+        entry.status = key.status.clone();
+        entry.secret_name = Some(
+            key.status
+                .as_ref()
+                .and_then(|s| s.secret_name.clone())
+                .unwrap_or_else(|| key.secret_name()),
+        );
+        self.rebuild_ring(&name, &inputs.0, &inputs.1);
+    }
+
+    pub fn remove_signing_key(&self, name: &str) {
+        let mut inputs = self.ring_inputs.lock().unwrap_or_else(|p| p.into_inner());
+        inputs.0.remove(name);
+        self.remove_ring(name);
+    }
+
+    /// Cluster mode: a key Secret was added or changed (data: kid → PEM).
+    pub fn upsert_key_secret(&self, secret_name: &str, pems: BTreeMap<String, String>) {
+        let mut inputs = self.ring_inputs.lock().unwrap_or_else(|p| p.into_inner());
+        let (rings, secrets) = &mut *inputs;
+        if secrets.get(secret_name) == Some(&pems) {
+            return;
+        }
+        secrets.insert(secret_name.to_owned(), pems);
+        let affected: Vec<String> = rings
+            .iter()
+            .filter(|(_, i)| i.secret_name.as_deref() == Some(secret_name))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in affected {
+            self.rebuild_ring(&name, rings, secrets);
+        }
+    }
+
+    pub fn remove_key_secret(&self, secret_name: &str) {
+        let mut inputs = self.ring_inputs.lock().unwrap_or_else(|p| p.into_inner());
+        let (rings, secrets) = &mut *inputs;
+        if secrets.remove(secret_name).is_none() {
+            return;
+        }
+        let affected: Vec<String> = rings
+            .iter()
+            .filter(|(_, i)| i.secret_name.as_deref() == Some(secret_name))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in affected {
+            self.rebuild_ring(&name, rings, secrets);
+        }
+    }
+
+    fn rebuild_ring(
+        &self,
+        name: &str,
+        rings: &HashMap<String, RingInputs>,
+        secrets: &HashMap<String, BTreeMap<String, String>>,
+    ) {
+        let Some(inputs) = rings.get(name) else {
+            return;
+        };
+        let (Some(spec), status) = (&inputs.spec, inputs.status.clone().unwrap_or_default()) else {
+            return;
+        };
+        let empty = BTreeMap::new();
+        let pems = inputs
+            .secret_name
+            .as_ref()
+            .and_then(|s| secrets.get(s))
+            .unwrap_or(&empty);
+        let ring = Ring::from_status(name, spec, &status, pems);
+        tracing::info!(
+            ring = name,
+            active_kid = ring
+                .active
+                .as_ref()
+                .map(|a| a.kid.as_str())
+                .unwrap_or("none"),
+            published = ring.published.len(),
+            "signing key ring updated"
+        );
+        self.set_ring(ring);
+    }
+
+    // ---- readiness ----
+
+    pub fn mark_synced(&self) {
+        self.synced.store(true, Ordering::Release);
+    }
+
+    /// Ready: caches synced and the default ring has an active key.
+    pub fn is_ready(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+            && self.ring(None).is_some_and(|ring| ring.active.is_some())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+    use crate::signer::{generate_pkcs8_der, pkcs8_der_to_pem};
+
+    /// A ring with one active key of `algorithm` plus, optionally, a pending
+    /// one; returns the ring and the PEMs by kid.
+    pub fn ring_with_keys(name: &str, algorithm: SigningAlgorithm, states: &[KeyState]) -> Ring {
+        let pems: Vec<(String, String)> = states
+            .iter()
+            .map(|_| {
+                let pem = pkcs8_der_to_pem(&generate_pkcs8_der(algorithm, 2048).unwrap());
+                let kid = ParsedKey::from_pkcs8_pem(algorithm, &pem)
+                    .unwrap()
+                    .thumbprint();
+                (kid, pem)
+            })
+            .collect();
+        let sources: Vec<RingKeySource<'_>> = pems
+            .iter()
+            .zip(states)
+            .map(|((kid, pem), state)| RingKeySource {
+                kid,
+                state: *state,
+                pkcs8_pem: pem,
+            })
+            .collect();
+        Ring::build(name, algorithm, Duration::from_secs(3600), &sources)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::ring_with_keys;
+    use super::*;
+
+    fn oauth_client(name: &str, spec: serde_json::Value, created: &str) -> OAuthClient {
+        let mut client = OAuthClient::new(name, serde_json::from_value(spec).unwrap());
+        client.metadata.namespace = Some("ns".into());
+        client.metadata.creation_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(created.parse().unwrap()),
+        );
+        client
+    }
+
+    #[test]
+    fn duplicate_client_id_belongs_to_the_oldest_object() {
+        let store = Store::new("default");
+        let newer = oauth_client(
+            "b",
+            serde_json::json!({"clientId": "same", "scopes": ["b"]}),
+            "2026-01-02T00:00:00Z",
+        );
+        let older = oauth_client(
+            "a",
+            serde_json::json!({"clientId": "same", "scopes": ["a"]}),
+            "2026-01-01T00:00:00Z",
+        );
+        store.upsert_client(&newer);
+        store.upsert_client(&older);
+        assert_eq!(store.client("same").unwrap().scopes, vec!["a"]);
+        store.remove_client(&ObjectKey {
+            namespace: "ns".into(),
+            name: "a".into(),
+        });
+        assert_eq!(store.client("same").unwrap().scopes, vec!["b"]);
+        assert_eq!(store.client_count(), 1);
+    }
+
+    #[test]
+    fn changing_client_id_drops_the_old_one() {
+        let store = Store::new("default");
+        store.upsert_client(&oauth_client(
+            "a",
+            serde_json::json!({"clientId": "one"}),
+            "2026-01-01T00:00:00Z",
+        ));
+        store.upsert_client(&oauth_client(
+            "a",
+            serde_json::json!({"clientId": "two"}),
+            "2026-01-01T00:00:00Z",
+        ));
+        assert!(store.client("one").is_none());
+        assert!(store.client("two").is_some());
+    }
+
+    #[test]
+    fn additional_claims_become_a_json_fragment() {
+        let client = oauth_client(
+            "a",
+            serde_json::json!({"additionalClaims": {"stt": 1, "tenant": "x"}}),
+            "2026-01-01T00:00:00Z",
+        );
+        let entry = ClientEntry::from_oauth_client(&client);
+        assert_eq!(entry.additional_claims_json, r#""stt":1,"tenant":"x""#);
+    }
+
+    #[test]
+    fn jwks_changes_etag_only_when_keys_change() {
+        let store = Store::new("default");
+        let empty_etag = store.jwks().etag.clone();
+        store.set_ring(ring_with_keys(
+            "default",
+            SigningAlgorithm::ES256,
+            &[KeyState::Active],
+        ));
+        let first = store.jwks();
+        assert_ne!(first.etag, empty_etag);
+        // 3600 s prePublish → max-age = min(900, 300).
+        assert_eq!(first.max_age, 300);
+        assert!(!store.is_ready(), "not synced yet");
+        store.mark_synced();
+        assert!(store.is_ready());
+    }
+}
