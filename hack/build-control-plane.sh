@@ -47,8 +47,8 @@ build_kubernetes() {
   mkdir -p "$dir"
   (
     cd "$dir"
-    if [ ! -f go.sum ]; then
-      rm -f go.mod
+    if [ ! -f .resolved ]; then
+      rm -f go.mod go.sum tools.go
       go mod init sigil.local/controlplane >/dev/null 2>&1
       local mod
       mod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
@@ -76,6 +76,7 @@ GO
       go mod tidy -e >/dev/null 2>&1 || true
       go mod download
       go get k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
+      touch .resolved
     fi
     for b in kube-apiserver kube-controller-manager kubectl; do
       [ -x "$BIN/$b" ] && continue
@@ -94,10 +95,11 @@ build_etcd() {
   mkdir -p "$dir"
   (
     cd "$dir"
-    if [ ! -f go.sum ]; then
-      rm -f go.mod
+    if [ ! -f .resolved ]; then
+      rm -f go.mod go.sum
       go mod init sigil.local/etcd >/dev/null 2>&1
       go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+      touch .resolved
     fi
     log "go build etcd ($ETCD_VERSION)"
     go build -ldflags "-s -w" -o "$BIN/etcd.tmp" go.etcd.io/etcd/server/v3
@@ -110,10 +112,11 @@ build_helm() {
   mkdir -p "$dir"
   (
     cd "$dir"
-    if [ ! -f go.sum ]; then
-      rm -f go.mod
+    if [ ! -f .resolved ]; then
+      rm -f go.mod go.sum
       go mod init sigil.local/helm >/dev/null 2>&1
-      go get "helm.sh/helm/v3@$HELM_VERSION"
+      go get "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+      touch .resolved
     fi
     log "go build helm ($HELM_VERSION)"
     go build -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" -o "$BIN/helm.tmp" helm.sh/helm/v3/cmd/helm

@@ -303,20 +303,33 @@ fn secret_rotation_rules(schema: &mut Schema) {
 }
 
 fn additional_claims_schema(schema: &mut Schema) {
-    // Values are arbitrary JSON; keys are checked by CEL.
-    schema.insert("type".into(), "object".into());
-    schema.insert(
-        "additionalProperties".into(),
-        serde_json::json!({ "x-kubernetes-preserve-unknown-fields": true }),
-    );
-    schema.insert("maxProperties".into(), 32.into());
-    schema.remove("nullable");
+    // Values are arbitrary JSON, so the object preserves unknown fields. CEL
+    // cannot type a map of untyped values, so the reserved claims are
+    // declared (as int-or-string, the shapes they have in a JWT) and the rule
+    // refuses any of them being present.
+    let reserved: serde_json::Map<String, serde_json::Value> = validation::RESERVED_CLAIMS
+        .iter()
+        .map(|c| {
+            (
+                (*c).to_owned(),
+                serde_json::json!({ "x-kubernetes-int-or-string": true }),
+            )
+        })
+        .collect();
+    let present: Vec<String> = validation::RESERVED_CLAIMS
+        .iter()
+        .map(|c| format!("!has(self.{c})"))
+        .collect();
+    *schema = schemars::json_schema!({
+        "type": "object",
+        "description": schema.get("description").cloned().unwrap_or_default(),
+        "properties": reserved,
+        "maxProperties": 32,
+        "x-kubernetes-preserve-unknown-fields": true,
+    });
     add_rule(
         schema,
-        &format!(
-            "self.all(k, !(k in {}))",
-            validation::reserved_claims_cel_list()
-        ),
+        &present.join(" && "),
         &format!(
             "additionalClaims may not set registered or Sigil-owned claims ({})",
             validation::RESERVED_CLAIMS.join(", ")

@@ -39,12 +39,6 @@ pub const RESERVED_CLAIMS: &[&str] = &[
     "cnf",
 ];
 
-/// The CEL list literal of [`RESERVED_CLAIMS`], for rules.
-pub fn reserved_claims_cel_list() -> String {
-    let quoted: Vec<String> = RESERVED_CLAIMS.iter().map(|c| format!("'{c}'")).collect();
-    format!("[{}]", quoted.join(", "))
-}
-
 /// Appends a CEL rule (`x-kubernetes-validations`) to a schema. The message
 /// is what the API server prints after the field path, so it names the
 /// field and says what is allowed.

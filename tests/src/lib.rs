@@ -1,1 +1,23 @@
+//! Test support for Sigil: the local control plane (`cluster`), its PKI, and
+//! helpers shared by the end-to-end tests in `tests/tests/`.
 
+pub mod cluster;
+pub mod pki;
+
+use std::path::PathBuf;
+
+/// Path of a workspace binary (`operator`, `issuer`, …) built by
+/// `cargo build --workspace --bins` (the test script does that first: a
+/// running `cargo test` holds the build lock, so tests cannot build it).
+pub fn binary(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cluster::workspace_root().join("target"));
+    let path = target.join("debug").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (hack/test.sh does)",
+        path.display()
+    );
+    path
+}
