@@ -423,6 +423,27 @@ impl TestCluster {
         self.control_plane.kubeconfig()
     }
 
+    /// Runs the control plane's `kubectl` as the admin; panics if it cannot
+    /// start. Returns (success, stdout, stderr).
+    pub fn kubectl(&self, args: &[&str]) -> CommandOutput {
+        let mut cmd = Command::new(self.control_plane.kubectl());
+        cmd.args(args).env("KUBECONFIG", self.kubeconfig());
+        CommandOutput::run(cmd)
+    }
+
+    /// Runs the control plane's `helm` as the admin, with its caches and
+    /// config kept inside the control plane's directory.
+    pub fn helm(&self, args: &[&str]) -> CommandOutput {
+        let home = self.control_plane.dir().join("helm");
+        let mut cmd = Command::new(self.control_plane.helm());
+        cmd.args(args)
+            .env("KUBECONFIG", self.kubeconfig())
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_DATA_HOME", home.join("data"));
+        CommandOutput::run(cmd)
+    }
+
     /// Creates a fresh namespace `<prefix>-<random>` and waits for its
     /// `default` ServiceAccount, so Pods can be created in it at once.
     pub async fn namespace(&self, prefix: &str) -> String {
@@ -445,6 +466,38 @@ impl TestCluster {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         name
+    }
+}
+
+/// What a finished command printed.
+#[derive(Debug)]
+pub struct CommandOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CommandOutput {
+    fn run(mut cmd: Command) -> CommandOutput {
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+        CommandOutput {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Panics with both streams unless the command succeeded.
+    pub fn expect_success(self, what: &str) -> CommandOutput {
+        assert!(
+            self.success,
+            "{what} failed\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
     }
 }
 

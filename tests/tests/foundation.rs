@@ -316,18 +316,10 @@ async fn kubectl_shows_the_printer_columns() {
     .await
     .expect("status patched");
 
-    let kubectl = cluster.control_plane.kubectl();
-    let out = std::process::Command::new(&kubectl)
-        .args(["get", "oac", "-n", &ns])
-        .env("KUBECONFIG", cluster.kubeconfig())
-        .output()
-        .expect("running kubectl");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "kubectl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = cluster
+        .kubectl(&["get", "oac", "-n", &ns])
+        .expect_success("kubectl get oac")
+        .stdout;
     let mut lines = stdout.lines();
     let header: Vec<&str> = lines
         .next()
@@ -346,12 +338,10 @@ async fn kubectl_shows_the_printer_columns() {
     assert!(row.contains("True"), "{stdout}");
 
     // The category lists both kinds.
-    let out = std::process::Command::new(&kubectl)
-        .args(["get", "sigil", "-n", &ns, "-o", "name"])
-        .env("KUBECONFIG", cluster.kubeconfig())
-        .output()
-        .expect("running kubectl");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = cluster
+        .kubectl(&["get", "sigil", "-n", &ns, "-o", "name"])
+        .expect_success("kubectl get sigil")
+        .stdout;
     assert!(
         stdout.contains("oauthclient.sigil.dev/task-service"),
         "{stdout}"
