@@ -1,1 +1,149 @@
-fn main() {}
+//! `operator --issuer-url URL [--namespace NS] [--health-listen ADDR]`
+//! (DESIGN.md §8b). See `sigil_operator` for the parts.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::Context as _;
+use clap::Parser;
+use futures::FutureExt;
+use sigil_operator::config::{Args, LogFormat};
+use sigil_operator::health::{self, Health};
+use sigil_operator::metrics::Metrics;
+use sigil_operator::{controller, leader};
+use tokio::sync::watch;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    match run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "operator stopped");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn run(mut args: Args) -> anyhow::Result<()> {
+    let identity = args
+        .lease_identity
+        .clone()
+        .unwrap_or_else(leader::default_identity);
+    args.lease_identity = Some(identity.clone());
+    tracing::info!(
+        issuer_url = %args.issuer_url,
+        namespace = %args.namespace,
+        watch_namespaces = ?args.watch_namespaces,
+        %identity,
+        "starting"
+    );
+
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    let bound = health::serve(args.health_listen, health.clone(), metrics.clone()).await?;
+    tracing::info!(address = %bound, "serving /healthz, /readyz and /metrics");
+
+    let client = kube::Client::try_default().await.context(
+        "cannot configure a Kubernetes client (in-cluster, KUBECONFIG or ~/.kube/config)",
+    )?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+    let stopped = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+        .boxed()
+        .shared()
+    };
+
+    let election = leader::start(
+        client.clone(),
+        &args.namespace,
+        &args.lease_name,
+        &identity,
+        args.lease_duration,
+    )
+    .await?;
+    let mut leading = election.leading.clone();
+
+    tracing::info!(lease = %args.lease_name, "waiting to become the leader");
+    tokio::select! {
+        result = leading.wait_for(|l| *l) => {
+            if result.is_err() {
+                anyhow::bail!("leader election stopped");
+            }
+        }
+        _ = stopped.clone() => {
+            election.release().await;
+            return Ok(());
+        }
+    }
+    tracing::info!("became the leader");
+    health.leading.store(true, Ordering::Release);
+    metrics.leader.set(1);
+
+    let controllers = controller::run(
+        client,
+        &args,
+        metrics.clone(),
+        health.clone(),
+        stopped.clone(),
+    );
+    let outcome = tokio::select! {
+        () = controllers => Ok(()),
+        _ = leading.wait_for(|l| !*l) => {
+            // Another replica may write from now on: stop at once, and let
+            // the process restart as a standby.
+            Err(anyhow::anyhow!("lost the leader Lease"))
+        }
+    };
+    health.leading.store(false, Ordering::Release);
+    metrics.leader.set(0);
+    election.release().await;
+    outcome
+}

@@ -1,0 +1,158 @@
+//! Wires the watches, stores and the two controllers; runs them until
+//! shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use futures::channel::mpsc;
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::watcher::{self, Event};
+use sigil_crds::{CONDITION_READY, MANAGED_BY_LABEL, MANAGED_BY_VALUE, OAuthClient, SigningKey};
+
+use crate::config::Args;
+use crate::context::Context;
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::reconcile::{self, oauth_client, signing_key};
+use crate::watch::{Scope, tolerant_reflector};
+
+/// Runs both controllers until `shutdown` resolves; they finish the
+/// reconciles in flight first.
+pub async fn run(
+    client: Client,
+    args: &Args,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
+) {
+    let client_scope = Scope::from_list(&args.watch_namespaces);
+    let key_scope = Scope::Namespace(args.namespace.clone());
+
+    let (client_store, client_writer) = reflector::store::<OAuthClient>();
+    let (key_store, key_writer) = reflector::store::<SigningKey>();
+    metrics.set_stores(client_store.clone(), key_store.clone());
+
+    let reporter = Reporter {
+        controller: crate::FIELD_MANAGER.to_owned(),
+        instance: args.lease_identity.clone(),
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Recorder::new(client.clone(), reporter),
+        args.issuer_url.clone(),
+        args.token_url(),
+        metrics.clone(),
+        client_store.clone(),
+        key_store.clone(),
+    ));
+
+    // A change to one OAuthClient can settle another's clientId conflict:
+    // re-check the clients claiming the same id, and those marked duplicate.
+    let (peer_tx, peer_rx) = mpsc::unbounded::<ObjectRef<OAuthClient>>();
+    let peers_store = client_store.clone();
+    let client_events = tolerant_reflector(
+        client.clone(),
+        client_scope.clone(),
+        client_writer,
+        "OAuthClient",
+        metrics.clone(),
+    )
+    .inspect(move |event| {
+        let changed = match event {
+            Ok(Event::Apply(c)) | Ok(Event::Delete(c)) => c,
+            _ => return,
+        };
+        let id = changed.client_id();
+        for peer in peers_store.state() {
+            if peer.metadata.uid == changed.metadata.uid {
+                continue;
+            }
+            let duplicate = peer
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == CONDITION_READY))
+                .is_some_and(|c| c.reason == oauth_client::REASON_DUPLICATE);
+            if duplicate || peer.client_id() == id {
+                let _ = peer_tx.unbounded_send(ObjectRef::from_obj(peer.as_ref()));
+            }
+        }
+    })
+    .applied_objects();
+
+    // Owned Secrets, by metadata only: an edit or a deletion triggers the
+    // owner at once.
+    let managed = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
+    let client_secrets = watcher::watcher(
+        client_scope.api::<PartialObjectMeta<Secret>>(client.clone()),
+        watcher::Config::default().labels(&managed),
+    )
+    .default_backoff()
+    .touched_objects();
+    let key_secrets = watcher::watcher(
+        Api::<PartialObjectMeta<Secret>>::namespaced(client.clone(), &args.namespace),
+        watcher::Config::default().labels(&managed),
+    )
+    .default_backoff()
+    .touched_objects();
+
+    let key_events = tolerant_reflector(
+        client.clone(),
+        key_scope,
+        key_writer,
+        "SigningKey",
+        metrics.clone(),
+    )
+    .applied_objects();
+
+    let config = ControllerConfig::default().concurrency(args.concurrency);
+    let client_controller = Controller::for_stream(client_events, client_store.clone())
+        .owns_stream(client_secrets)
+        .reconcile_on(peer_rx)
+        .with_config(config.clone())
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            oauth_client::reconcile,
+            reconcile::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "OAuthClient controller event");
+            }
+        });
+    let key_controller = Controller::for_stream(key_events, key_store.clone())
+        .owns_stream(key_secrets)
+        .with_config(config)
+        .graceful_shutdown_on(shutdown)
+        .run(signing_key::reconcile, reconcile::error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "SigningKey controller event");
+            }
+        });
+
+    let synced = {
+        let health = health.clone();
+        async move {
+            let clients = client_store.wait_until_ready();
+            let keys = key_store.wait_until_ready();
+            if clients.await.is_ok() && keys.await.is_ok() {
+                health.synced.store(true, Ordering::Release);
+                tracing::info!("caches synced");
+            }
+        }
+    };
+    tokio::spawn(synced.map(|_| ()));
+
+    tracing::info!(namespace = %args.namespace, "controllers running");
+    futures::join!(client_controller, key_controller);
+    health.synced.store(false, Ordering::Release);
+}

@@ -1,0 +1,22 @@
+//! The Sigil operator: reconciles `OAuthClient` into a credentials Secret
+//! and `SigningKey` into a rotated ring of private keys (DESIGN.md §3–§4).
+//!
+//! Layout (after kube-rs `controller-rs`): [`config`] holds the command line,
+//! [`controller`] wires watches, stores and the two controllers,
+//! [`reconcile`] holds one module per resource, [`leader`] the Lease-based
+//! election, [`metrics`] and [`health`] the `/metrics`, `/healthz` and
+//! `/readyz` endpoints.
+
+pub mod config;
+pub mod context;
+pub mod controller;
+pub mod health;
+pub mod leader;
+pub mod metrics;
+pub mod reconcile;
+pub mod watch;
+
+pub use context::{Context, Error};
+
+/// Field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "sigil-operator";

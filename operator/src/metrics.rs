@@ -1,0 +1,218 @@
+//! Prometheus metrics (`/metrics`): reconciles by kind and result, their
+//! duration, signing keys by state, OAuthClients by readiness, leadership.
+//!
+//! Gauges about objects are computed from the reflector stores when scraped,
+//! so deleted objects disappear without bookkeeping.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::runtime::reflector::Store;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use sigil_crds::{CONDITION_READY, OAuthClient, SigningKey};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    pub kind: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabels {
+    pub namespace: String,
+    pub signingkey: String,
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadyLabels {
+    pub ready: &'static str,
+}
+
+type HistogramFamily = Family<KindLabels, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub reconciles: Family<ReconcileLabels, Counter>,
+    pub reconcile_duration: HistogramFamily,
+    pub signing_keys: Family<KeyLabels, Gauge>,
+    pub oauth_clients: Family<ReadyLabels, Gauge>,
+    pub leader: Gauge,
+    pub skipped_objects: Family<KindLabels, Counter>,
+    /// Stores to compute object gauges from, once this replica leads.
+    stores: Mutex<Option<(Store<OAuthClient>, Store<SigningKey>)>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("sigil_operator");
+        let reconciles = Family::<ReconcileLabels, Counter>::default();
+        registry.register(
+            "reconciles",
+            "Reconciles by kind and result (success, error)",
+            reconciles.clone(),
+        );
+        let reconcile_duration: HistogramFamily =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 16)));
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of one reconcile, by kind",
+            reconcile_duration.clone(),
+        );
+        let signing_keys = Family::<KeyLabels, Gauge>::default();
+        registry.register(
+            "signing_keys",
+            "Keys in each SigningKey ring, by state",
+            signing_keys.clone(),
+        );
+        let oauth_clients = Family::<ReadyLabels, Gauge>::default();
+        registry.register(
+            "oauth_clients",
+            "OAuthClients by Ready condition (true, false, unknown)",
+            oauth_clients.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease",
+            leader.clone(),
+        );
+        let skipped_objects = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "undecodable_objects",
+            "Watch events skipped because the object did not deserialize",
+            skipped_objects.clone(),
+        );
+        Metrics {
+            registry,
+            reconciles,
+            reconcile_duration,
+            signing_keys,
+            oauth_clients,
+            leader,
+            skipped_objects,
+            stores: Mutex::new(None),
+        }
+    }
+
+    pub fn observe_reconcile(&self, kind: &'static str, success: bool, elapsed: Duration) {
+        let result = if success { "success" } else { "error" };
+        self.reconciles
+            .get_or_create(&ReconcileLabels { kind, result })
+            .inc();
+        self.reconcile_duration
+            .get_or_create(&KindLabels { kind })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn set_stores(&self, oauth_clients: Store<OAuthClient>, signing_keys: Store<SigningKey>) {
+        *self.stores.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((oauth_clients, signing_keys));
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        self.refresh_object_gauges();
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+
+    fn refresh_object_gauges(&self) {
+        let stores = self
+            .stores
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some((oauth_clients, signing_keys)) = stores else {
+            return;
+        };
+        let (mut ready, mut not_ready, mut unknown) = (0i64, 0i64, 0i64);
+        for client in oauth_clients.state() {
+            let condition = client
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == CONDITION_READY));
+            match condition.map(|c| c.status.as_str()) {
+                Some("True") => ready += 1,
+                Some("False") => not_ready += 1,
+                _ => unknown += 1,
+            }
+        }
+        self.oauth_clients
+            .get_or_create(&ReadyLabels { ready: "true" })
+            .set(ready);
+        self.oauth_clients
+            .get_or_create(&ReadyLabels { ready: "false" })
+            .set(not_ready);
+        self.oauth_clients
+            .get_or_create(&ReadyLabels { ready: "unknown" })
+            .set(unknown);
+
+        self.signing_keys.clear();
+        for key in signing_keys.state() {
+            let namespace = key.namespace().unwrap_or_default();
+            let name = key.name_any();
+            for (state, label) in [
+                (sigil_crds::KeyState::Pending, "Pending"),
+                (sigil_crds::KeyState::Active, "Active"),
+                (sigil_crds::KeyState::Retired, "Retired"),
+            ] {
+                let count = key
+                    .status
+                    .as_ref()
+                    .map(|s| s.keys.iter().filter(|k| k.state == state).count())
+                    .unwrap_or(0);
+                self.signing_keys
+                    .get_or_create(&KeyLabels {
+                        namespace: namespace.clone(),
+                        signingkey: name.clone(),
+                        state: label,
+                    })
+                    .set(count as i64);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_reconcile_metrics() {
+        let metrics = Metrics::new();
+        metrics.observe_reconcile("OAuthClient", true, Duration::from_millis(3));
+        metrics.observe_reconcile("OAuthClient", false, Duration::from_millis(3));
+        metrics.leader.set(1);
+        let text = metrics.encode().expect("encodes");
+        assert!(
+            text.contains(
+                r#"sigil_operator_reconciles_total{kind="OAuthClient",result="success"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("sigil_operator_reconcile_duration_seconds_bucket"),
+            "{text}"
+        );
+        assert!(text.contains("sigil_operator_leader 1"), "{text}");
+    }
+}

@@ -1,0 +1,134 @@
+//! One module per custom resource; helpers they share.
+
+pub mod oauth_client;
+pub mod signing_key;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use sigil_crds::{CONDITION_READY, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+
+use crate::context::{Context, Error};
+
+/// The `Ready` condition, keeping `lastTransitionTime` when the status
+/// did not change.
+pub fn ready_condition(
+    previous: &[Condition],
+    ready: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let status = if ready { "True" } else { "False" };
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == CONDITION_READY && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(floor_second(now)));
+    Condition {
+        type_: CONDITION_READY.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time: since,
+    }
+}
+
+/// The `Ready` condition of a status, if any.
+pub fn ready_of(conditions: &[Condition]) -> Option<&Condition> {
+    conditions.iter().find(|c| c.type_ == CONDITION_READY)
+}
+
+pub fn floor_second(t: Timestamp) -> Timestamp {
+    Timestamp::from_second(t.as_second()).unwrap_or(t)
+}
+
+/// Whether the operator may write this existing Secret for `owner`: it is
+/// labelled as Sigil's and has no controller other than an object of the
+/// owner's kind and name (the uid may differ after a restore or a delete
+/// and re-create). Anything else is someone else's Secret: never touched.
+pub fn secret_is_ours<K: Resource<DynamicType = ()>>(secret: &Secret, owner: &K) -> bool {
+    let labelled = secret
+        .labels()
+        .get(MANAGED_BY_LABEL)
+        .is_some_and(|v| v == MANAGED_BY_VALUE);
+    let kind = K::kind(&());
+    let owner_name = owner.meta().name.as_deref().unwrap_or_default();
+    let controllers: Vec<_> = secret
+        .owner_references()
+        .iter()
+        .filter(|r| r.controller == Some(true))
+        .collect();
+    labelled
+        && controllers
+            .iter()
+            .all(|r| r.kind == kind && r.name == owner_name)
+}
+
+/// Whether the Secret's controller reference is exactly `owner` (same uid).
+pub fn secret_owned_by<K: Resource<DynamicType = ()>>(secret: &Secret, owner: &K) -> bool {
+    let uid = owner.meta().uid.as_deref();
+    secret
+        .owner_references()
+        .iter()
+        .any(|r| r.controller == Some(true) && Some(r.uid.as_str()) == uid)
+}
+
+/// A time until `at` from `now` as a requeue delay, at least 100 ms.
+pub fn until(now: Timestamp, at: Timestamp) -> Duration {
+    let delay = at.duration_since(now);
+    Duration::try_from(delay)
+        .unwrap_or(Duration::ZERO)
+        .max(Duration::from_millis(100))
+}
+
+fn object_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+        obj.meta().name.as_deref().unwrap_or_default()
+    )
+}
+
+/// Runs a reconcile with metrics, and clears the object's failure count
+/// when it succeeds.
+pub async fn instrumented<K, F>(obj: Arc<K>, ctx: Arc<Context>, run: F) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = ()>,
+    F: Future<Output = Result<Action, Error>>,
+{
+    let started = std::time::Instant::now();
+    let result = run.await;
+    let kind: &'static str = if K::kind(&()) == "OAuthClient" {
+        "OAuthClient"
+    } else {
+        "SigningKey"
+    };
+    ctx.metrics
+        .observe_reconcile(kind, result.is_ok(), started.elapsed());
+    if result.is_ok() {
+        ctx.reset_failures(&object_key(obj.as_ref()));
+    }
+    result
+}
+
+/// Per-object exponential backoff: one failing object retries on its own
+/// schedule and never holds up the others.
+pub fn error_policy<K: Resource<DynamicType = ()>>(
+    obj: Arc<K>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    let key = object_key(obj.as_ref());
+    let delay = ctx.failure_backoff(&key);
+    tracing::warn!(object = %key, %error, retry_in_ms = delay.as_millis() as u64, "reconcile failed");
+    Action::requeue(delay)
+}

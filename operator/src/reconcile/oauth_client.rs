@@ -1,0 +1,1017 @@
+//! `OAuthClient` → credentials Secret + status (DESIGN.md §3).
+//!
+//! The client secret is 256 random bits, base64url. Only its SHA-256
+//! verifier goes to `status`; the secret itself exists only in the Secret.
+//! It is never regenerated unless rotation is due or the Secret lost it:
+//! re-applying the manifest, changing scopes or restarting the operator
+//! keep it.
+//!
+//! Write order: a new secret's verifier reaches `status` before the Secret
+//! holds it when a previous secret exists (rotation, repair), so the issuer
+//! accepts the new secret before any workload can read it; for a brand-new
+//! client the Secret comes first and a crash in between is recovered by
+//! adopting the secret found in the Secret.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use sigil_crds::{
+    MANAGED_BY_LABEL, MANAGED_BY_VALUE, OAuthClient, OAuthClientStatus, SecretVerifier,
+    secret_keys, secret_verifier,
+};
+
+use super::{floor_second, ready_condition, ready_of, secret_is_ours, secret_owned_by, until};
+use crate::FIELD_MANAGER;
+use crate::context::{Context, Error, Result, jitter};
+
+pub const REASON_READY: &str = "CredentialsReady";
+pub const REASON_DUPLICATE: &str = "DuplicateClientId";
+pub const REASON_SECRET_CONFLICT: &str = "SecretConflict";
+pub const REASON_DISABLED: &str = "Disabled";
+pub const REASON_INVALID: &str = "InvalidSpec";
+
+/// Rotation jitter is at most 5% of the interval, and at most 5 minutes.
+const MAX_ROTATION_JITTER: Duration = Duration::from_secs(300);
+
+pub async fn reconcile(oac: Arc<OAuthClient>, ctx: Arc<Context>) -> Result<Action> {
+    super::instrumented(oac.clone(), ctx.clone(), reconcile_client(&oac, &ctx)).await
+}
+
+/// 32 random bytes from aws-lc-rs, base64url without padding (43 chars of
+/// `[A-Za-z0-9_-]`).
+pub fn generate_client_secret() -> Result<String> {
+    let mut bytes = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut bytes)
+        .map_err(|_| Error::Invalid("the system random generator failed".to_owned()))?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// Whether a value read from a Secret looks like a secret this operator
+/// generated (so it may be adopted rather than replaced).
+fn plausible_secret(value: &str) -> bool {
+    value.len() == 43
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// What the cluster holds for the client's Secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSeen {
+    Missing,
+    /// The Secret exists; its `client_secret`, if it holds a plausible one.
+    Present(Option<String>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Unchanged,
+    Created,
+    Adopted,
+    Rotated,
+    /// The Secret was deleted (`deleted`) or its `client_secret` edited.
+    Replaced {
+        deleted: bool,
+    },
+}
+
+/// The credentials to record: the secret to write, the verifiers to
+/// publish, and when to look again.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CredentialsPlan {
+    pub secret: String,
+    pub verifiers: Vec<SecretVerifier>,
+    pub rotated_at: Timestamp,
+    pub outcome: Outcome,
+    /// When the previous secret stops working, if one still does.
+    pub previous_expires_at: Option<Timestamp>,
+    /// Next rotation or verifier expiry.
+    pub next_due: Option<Timestamp>,
+}
+
+impl std::fmt::Debug for CredentialsPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialsPlan")
+            .field("secret", &"<redacted>")
+            .field("verifiers", &self.verifiers)
+            .field("rotated_at", &self.rotated_at)
+            .field("outcome", &self.outcome)
+            .field("next_due", &self.next_due)
+            .finish()
+    }
+}
+
+/// `interval` and `gracePeriod` of `spec.secretRotation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    pub interval: Duration,
+    pub grace: Duration,
+}
+
+fn signed(d: Duration) -> SignedDuration {
+    SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
+}
+
+fn ceil_second(t: Timestamp) -> Timestamp {
+    let floor = floor_second(t);
+    if floor == t {
+        t
+    } else {
+        floor + SignedDuration::from_secs(1)
+    }
+}
+
+/// Decides the client secret at `now` (pure; `generate` makes a new one).
+pub fn plan_credentials(
+    status: &OAuthClientStatus,
+    rotation: Option<Rotation>,
+    jitter: Duration,
+    seen: &SecretSeen,
+    now: Timestamp,
+    generate: impl FnOnce() -> Result<String>,
+) -> Result<CredentialsPlan> {
+    let stamp = floor_second(now);
+    let live: Vec<SecretVerifier> = status
+        .secret_verifiers
+        .iter()
+        .filter(|v| v.expires_at.as_ref().is_none_or(|e| e.0 > now))
+        .cloned()
+        .collect();
+    let current = live.iter().find(|v| v.expires_at.is_none()).cloned();
+    let existing = match seen {
+        SecretSeen::Present(Some(secret)) => Some(secret.clone()),
+        _ => None,
+    };
+    let existing_verifier = existing.as_deref().map(secret_verifier);
+    let others = |skip: &str| -> Vec<SecretVerifier> {
+        live.iter()
+            .filter(|v| v.expires_at.is_some() && v.sha256 != skip)
+            .cloned()
+            .collect()
+    };
+    // The previous secret keeps working for the grace period, if any.
+    let retire = |mut v: SecretVerifier| -> Option<SecretVerifier> {
+        let grace = rotation?.grace;
+        if grace.is_zero() {
+            return None;
+        }
+        v.expires_at = Some(Time(ceil_second(now) + signed(grace)));
+        Some(v)
+    };
+
+    let (secret, mut verifiers, rotated_at, outcome) = match (current, existing) {
+        (None, Some(secret)) => {
+            // The Secret was written but status lost (crash, restore).
+            let sha = existing_verifier.unwrap_or_default();
+            let rotated_at = status
+                .secret_rotated_at
+                .as_ref()
+                .map(|t| t.0)
+                .unwrap_or(stamp);
+            let mut verifiers = vec![SecretVerifier {
+                sha256: sha.clone(),
+                created_at: Time(rotated_at),
+                expires_at: None,
+            }];
+            verifiers.extend(others(&sha));
+            (secret, verifiers, rotated_at, Outcome::Adopted)
+        }
+        (None, None) => {
+            let secret = generate()?;
+            let mut verifiers = vec![SecretVerifier {
+                sha256: secret_verifier(&secret),
+                created_at: Time(stamp),
+                expires_at: None,
+            }];
+            verifiers.extend(others(""));
+            (secret, verifiers, stamp, Outcome::Created)
+        }
+        (Some(current), Some(secret))
+            if existing_verifier.as_deref() == Some(current.sha256.as_str()) =>
+        {
+            let rotated_at = status
+                .secret_rotated_at
+                .as_ref()
+                .map(|t| t.0)
+                .unwrap_or(current.created_at.0);
+            let due = rotation.map(|r| rotated_at + signed(r.interval) + signed(jitter));
+            if due.is_some_and(|due| due <= now) {
+                let new_secret = generate()?;
+                let mut verifiers = vec![SecretVerifier {
+                    sha256: secret_verifier(&new_secret),
+                    created_at: Time(stamp),
+                    expires_at: None,
+                }];
+                verifiers.extend(retire(current.clone()));
+                verifiers.extend(others(&current.sha256));
+                (new_secret, verifiers, stamp, Outcome::Rotated)
+            } else {
+                let mut verifiers = vec![current.clone()];
+                verifiers.extend(others(&current.sha256));
+                (secret, verifiers, rotated_at, Outcome::Unchanged)
+            }
+        }
+        (Some(current), _) => {
+            // Deleted, or client_secret edited: the old value is unknown
+            // (only its digest is kept), so a new one replaces it.
+            let new_secret = generate()?;
+            let mut verifiers = vec![SecretVerifier {
+                sha256: secret_verifier(&new_secret),
+                created_at: Time(stamp),
+                expires_at: None,
+            }];
+            verifiers.extend(retire(current.clone()));
+            verifiers.extend(others(&current.sha256));
+            let deleted = *seen == SecretSeen::Missing;
+            (new_secret, verifiers, stamp, Outcome::Replaced { deleted })
+        }
+    };
+    verifiers.dedup_by(|a, b| a.sha256 == b.sha256);
+
+    let previous_expires_at = verifiers
+        .iter()
+        .filter_map(|v| v.expires_at.as_ref().map(|t| t.0))
+        .max();
+    let next_rotation = rotation.map(|r| rotated_at + signed(r.interval) + signed(jitter));
+    let next_expiry = verifiers
+        .iter()
+        .filter_map(|v| v.expires_at.as_ref().map(|t| t.0))
+        .min();
+    let next_due = [next_rotation, next_expiry].into_iter().flatten().min();
+    Ok(CredentialsPlan {
+        secret,
+        verifiers,
+        rotated_at,
+        outcome,
+        previous_expires_at,
+        next_due,
+    })
+}
+
+/// The client registered first among those claiming `client_id`: earliest
+/// `creationTimestamp`, then namespace, then name. Objects being deleted
+/// do not count.
+pub fn first_claimant<'a>(
+    client_id: &str,
+    this: &'a OAuthClient,
+    all: &'a [Arc<OAuthClient>],
+) -> &'a OAuthClient {
+    let key = |c: &OAuthClient| {
+        (
+            c.metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0)
+                .unwrap_or(Timestamp::MAX),
+            c.metadata.namespace.clone().unwrap_or_default(),
+            c.metadata.name.clone().unwrap_or_default(),
+        )
+    };
+    all.iter()
+        .map(|c| c.as_ref())
+        .filter(|c| c.metadata.deletion_timestamp.is_none() && c.metadata.uid != this.metadata.uid)
+        .filter(|c| c.client_id() == client_id)
+        .chain(std::iter::once(this))
+        .min_by_key(|c| key(c))
+        .unwrap_or(this)
+}
+
+/// The Secret's data keys (DESIGN.md §3).
+pub fn secret_data(
+    client_id: &str,
+    client_secret: &str,
+    token_url: &str,
+    issuer: &str,
+    scopes: &[String],
+    audiences: &[String],
+) -> BTreeMap<String, ByteString> {
+    let scope = scopes.join(" ");
+    let audience = audiences.join(" ");
+    let credentials = serde_json::json!({
+        secret_keys::CLIENT_ID: client_id,
+        secret_keys::CLIENT_SECRET: client_secret,
+        secret_keys::TOKEN_URL: token_url,
+        secret_keys::ISSUER: issuer,
+        secret_keys::SCOPE: scope,
+        secret_keys::AUDIENCE: audience,
+    });
+    let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
+    BTreeMap::from([
+        (secret_keys::CLIENT_ID.to_owned(), bytes(client_id)),
+        (secret_keys::CLIENT_SECRET.to_owned(), bytes(client_secret)),
+        (secret_keys::TOKEN_URL.to_owned(), bytes(token_url)),
+        (secret_keys::ISSUER.to_owned(), bytes(issuer)),
+        (secret_keys::SCOPE.to_owned(), bytes(&scope)),
+        (secret_keys::AUDIENCE.to_owned(), bytes(&audience)),
+        (
+            secret_keys::CREDENTIALS_JSON.to_owned(),
+            ByteString(credentials.to_string().into_bytes()),
+        ),
+    ])
+}
+
+/// Whether `existing` already holds everything `desired` sets.
+fn secret_up_to_date(existing: &Secret, desired: &Secret, owner: &OAuthClient) -> bool {
+    let data_matches = match (&existing.data, &desired.data) {
+        (Some(have), Some(want)) => want.iter().all(|(k, v)| have.get(k) == Some(v)),
+        _ => false,
+    };
+    data_matches
+        && existing.type_.as_deref() == Some("Opaque")
+        && existing
+            .labels()
+            .get(MANAGED_BY_LABEL)
+            .is_some_and(|v| v == MANAGED_BY_VALUE)
+        && secret_owned_by(existing, owner)
+}
+
+fn rotation_of(oac: &OAuthClient) -> Result<Option<Rotation>, String> {
+    let Some(rotation) = &oac.spec.secret_rotation else {
+        return Ok(None);
+    };
+    let interval = sigil_crds::parse_duration(&rotation.interval)
+        .map_err(|e| format!("spec.secretRotation.interval: {e}"))?;
+    let grace = sigil_crds::parse_duration(&rotation.grace_period)
+        .map_err(|e| format!("spec.secretRotation.gracePeriod: {e}"))?;
+    if interval.is_zero() {
+        return Err("spec.secretRotation.interval must be positive".to_owned());
+    }
+    Ok(Some(Rotation { interval, grace }))
+}
+
+fn format_time(t: Timestamp) -> String {
+    floor_second(t).to_string()
+}
+
+async fn reconcile_client(oac: &OAuthClient, ctx: &Context) -> Result<Action> {
+    if oac.metadata.deletion_timestamp.is_some() {
+        // The Secret goes with the OAuthClient through its owner reference.
+        return Ok(Action::await_change());
+    }
+    let namespace = oac
+        .namespace()
+        .ok_or_else(|| Error::Invalid("OAuthClient without a namespace".to_owned()))?;
+    let name = oac.name_any();
+    let now = Timestamp::now();
+    let generation = oac.metadata.generation;
+    let clients: Api<OAuthClient> = Api::namespaced(ctx.client.clone(), &namespace);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let status = oac.status.clone().unwrap_or_default();
+    let client_id = oac.client_id();
+    let secret_name = oac.secret_name();
+
+    // A Secret of ours left under a previous spec.secretName.
+    if let Some(old_name) = status
+        .secret_name
+        .as_deref()
+        .filter(|old| *old != secret_name)
+    {
+        delete_owned_secret(&secrets, old_name, oac).await?;
+    }
+
+    // clientId must be unique in the cluster: the later claimant gets no
+    // credentials.
+    let all = ctx.oauth_clients.state();
+    let first = first_claimant(&client_id, oac, &all);
+    if first.metadata.uid != oac.metadata.uid {
+        let holder = format!(
+            "{}/{}",
+            first.namespace().unwrap_or_default(),
+            first.name_any()
+        );
+        delete_owned_secret(&secrets, &secret_name, oac).await?;
+        let message = format!(
+            "clientId {client_id:?} is already used by OAuthClient {holder}, which was created first; set a unique spec.clientId"
+        );
+        let new_status = OAuthClientStatus {
+            observed_generation: generation,
+            conditions: vec![ready_condition(
+                &status.conditions,
+                false,
+                REASON_DUPLICATE,
+                message.clone(),
+                generation,
+                now,
+            )],
+            ..Default::default()
+        };
+        let changed_reason =
+            ready_of(&status.conditions).map(|c| c.reason.as_str()) != Some(REASON_DUPLICATE);
+        write_status(&clients, &name, &status, new_status).await?;
+        if changed_reason {
+            ctx.event(
+                oac,
+                EventType::Warning,
+                REASON_DUPLICATE,
+                "CheckClientId",
+                message,
+            )
+            .await;
+        }
+        return Ok(Action::await_change());
+    }
+
+    let rotation = match rotation_of(oac) {
+        Ok(rotation) => rotation,
+        Err(message) => {
+            let mut new_status = status.clone();
+            new_status.observed_generation = generation;
+            new_status.conditions = vec![ready_condition(
+                &status.conditions,
+                false,
+                REASON_INVALID,
+                message,
+                generation,
+                now,
+            )];
+            write_status(&clients, &name, &status, new_status).await?;
+            return Ok(Action::await_change());
+        }
+    };
+
+    let existing = secrets
+        .get_opt(&secret_name)
+        .await
+        .map_err(Error::kube(format!(
+            "reading Secret {namespace}/{secret_name}"
+        )))?;
+    if let Some(existing) = &existing
+        && !secret_is_ours(existing, oac)
+    {
+        let message = format!(
+            "Secret {secret_name} exists and is not managed by this OAuthClient; delete it or set spec.secretName"
+        );
+        let mut new_status = status.clone();
+        new_status.observed_generation = generation;
+        new_status.conditions = vec![ready_condition(
+            &status.conditions,
+            false,
+            REASON_SECRET_CONFLICT,
+            message.clone(),
+            generation,
+            now,
+        )];
+        let changed_reason =
+            ready_of(&status.conditions).map(|c| c.reason.as_str()) != Some(REASON_SECRET_CONFLICT);
+        write_status(&clients, &name, &status, new_status).await?;
+        if changed_reason {
+            ctx.event(
+                oac,
+                EventType::Warning,
+                REASON_SECRET_CONFLICT,
+                "WriteSecret",
+                message,
+            )
+            .await;
+        }
+        return Ok(Action::await_change());
+    }
+
+    let seen = match &existing {
+        None => SecretSeen::Missing,
+        Some(secret) => SecretSeen::Present(
+            secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(secret_keys::CLIENT_SECRET))
+                .and_then(|b| String::from_utf8(b.0.clone()).ok())
+                .filter(|s| plausible_secret(s)),
+        ),
+    };
+    let uid = oac.metadata.uid.clone().unwrap_or_default();
+    let jitter = rotation
+        .map(|r| jitter(&uid, (r.interval / 20).min(MAX_ROTATION_JITTER)))
+        .unwrap_or_default();
+    let plan = plan_credentials(
+        &status,
+        rotation,
+        jitter,
+        &seen,
+        now,
+        generate_client_secret,
+    )?;
+
+    let (ready, reason, message) = if oac.spec.disabled {
+        (
+            false,
+            REASON_DISABLED,
+            format!(
+                "spec.disabled is true: the issuer grants no tokens; credentials are kept in Secret {secret_name}"
+            ),
+        )
+    } else {
+        let mut message = format!("client secret in Secret {secret_name}");
+        if let Some(r) = rotation {
+            let next = plan.rotated_at + signed(r.interval) + signed(jitter);
+            message.push_str(&format!("; next rotation at {}", format_time(next)));
+        }
+        (true, REASON_READY, message)
+    };
+    let new_status = OAuthClientStatus {
+        client_id: Some(client_id.clone()),
+        secret_name: Some(secret_name.clone()),
+        secret_verifiers: plan.verifiers.clone(),
+        secret_rotated_at: Some(Time(plan.rotated_at)),
+        observed_generation: generation,
+        conditions: vec![ready_condition(
+            &status.conditions,
+            ready,
+            reason,
+            message,
+            generation,
+            now,
+        )],
+    };
+
+    let owner = oac
+        .controller_owner_ref(&())
+        .ok_or_else(|| Error::Invalid("OAuthClient without a uid".to_owned()))?;
+    let desired = Secret {
+        metadata: ObjectMeta {
+            name: Some(secret_name.clone()),
+            namespace: Some(namespace.clone()),
+            labels: Some(BTreeMap::from([(
+                MANAGED_BY_LABEL.to_owned(),
+                MANAGED_BY_VALUE.to_owned(),
+            )])),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        type_: Some("Opaque".to_owned()),
+        data: Some(secret_data(
+            &client_id,
+            &plan.secret,
+            &ctx.token_url,
+            &ctx.issuer_url,
+            &oac.spec.scopes,
+            &oac.spec.audiences,
+        )),
+        ..Default::default()
+    };
+    let secret_current = existing
+        .as_ref()
+        .is_some_and(|e| secret_up_to_date(e, &desired, oac));
+
+    // A secret replacing another is published in status first.
+    let status_first = matches!(plan.outcome, Outcome::Rotated | Outcome::Replaced { .. });
+    if status_first {
+        write_status(&clients, &name, &status, new_status.clone()).await?;
+    }
+    if !secret_current {
+        secrets
+            .patch(
+                &secret_name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&desired),
+            )
+            .await
+            .map_err(Error::kube(format!(
+                "writing Secret {namespace}/{secret_name}"
+            )))?;
+    }
+    if !status_first {
+        write_status(&clients, &name, &status, new_status).await?;
+    }
+
+    let previous = match plan.previous_expires_at {
+        Some(t) => format!("the previous secret works until {}", format_time(t)),
+        None => "the previous secret no longer works".to_owned(),
+    };
+    match plan.outcome {
+        Outcome::Created => {
+            tracing::info!(%namespace, %name, %client_id, "generated a client secret");
+            ctx.event(
+                oac,
+                EventType::Normal,
+                "Created",
+                "CreateSecret",
+                format!(
+                    "Generated a client secret for client id {client_id} in Secret {secret_name}"
+                ),
+            )
+            .await;
+        }
+        Outcome::Adopted => {
+            tracing::info!(%namespace, %name, "adopted the client secret found in the Secret");
+            ctx.event(
+                oac,
+                EventType::Normal,
+                "Adopted",
+                "CreateSecret",
+                format!("Recorded the client secret already in Secret {secret_name}"),
+            )
+            .await;
+        }
+        Outcome::Rotated => {
+            tracing::info!(%namespace, %name, "rotated the client secret");
+            ctx.event(
+                oac,
+                EventType::Normal,
+                "Rotated",
+                "RotateSecret",
+                format!("Rotated the client secret in Secret {secret_name}; {previous}"),
+            )
+            .await;
+        }
+        Outcome::Replaced { deleted } => {
+            let what = if deleted {
+                "was deleted"
+            } else {
+                "was edited and its client_secret no longer matched"
+            };
+            tracing::warn!(%namespace, %name, deleted, "replaced the client secret");
+            ctx.event(oac, EventType::Warning, "SecretRepaired", "RepairSecret", format!("Secret {secret_name} {what}; wrote it again with a new client secret; {previous}")).await;
+        }
+        Outcome::Unchanged if !secret_current => {
+            let spec_changed = status.observed_generation != generation;
+            if existing.is_some() && !spec_changed {
+                tracing::warn!(%namespace, %name, "restored an edited Secret");
+                ctx.event(
+                    oac,
+                    EventType::Warning,
+                    "SecretRepaired",
+                    "RepairSecret",
+                    format!(
+                        "Secret {secret_name} was edited; restored it (client secret unchanged)"
+                    ),
+                )
+                .await;
+            } else {
+                ctx.event(
+                    oac,
+                    EventType::Normal,
+                    "Updated",
+                    "UpdateSecret",
+                    format!("Updated Secret {secret_name}"),
+                )
+                .await;
+            }
+        }
+        Outcome::Unchanged => {}
+    }
+
+    Ok(match plan.next_due {
+        Some(due) => Action::requeue(until(now, due)),
+        None => Action::await_change(),
+    })
+}
+
+async fn write_status(
+    api: &Api<OAuthClient>,
+    name: &str,
+    old: &OAuthClientStatus,
+    new: OAuthClientStatus,
+) -> Result<()> {
+    if *old == new {
+        return Ok(());
+    }
+    let patch = serde_json::json!({
+        "apiVersion": OAuthClient::api_version(&()),
+        "kind": OAuthClient::kind(&()),
+        "status": new,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::kube(format!(
+        "writing the status of OAuthClient {name}"
+    )))?;
+    Ok(())
+}
+
+/// Deletes `name` if it is a Secret this OAuthClient controls.
+async fn delete_owned_secret(secrets: &Api<Secret>, name: &str, oac: &OAuthClient) -> Result<()> {
+    let Some(secret) = secrets
+        .get_opt(name)
+        .await
+        .map_err(Error::kube(format!("reading Secret {name}")))?
+    else {
+        return Ok(());
+    };
+    if secret_owned_by(&secret, oac) {
+        match secrets.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(Error::kube(format!("deleting Secret {name}"))(e)),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).expect("valid")
+    }
+
+    fn fixed(secret: &'static str) -> impl FnOnce() -> Result<String> {
+        move || Ok(secret.to_owned())
+    }
+
+    fn never() -> Result<String> {
+        panic!("no new secret expected")
+    }
+
+    const A: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    const B: &str = "BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB";
+
+    fn status_with(verifiers: Vec<SecretVerifier>, rotated_at: i64) -> OAuthClientStatus {
+        OAuthClientStatus {
+            secret_verifiers: verifiers,
+            secret_rotated_at: Some(Time(t(rotated_at))),
+            ..Default::default()
+        }
+    }
+
+    fn verifier(secret: &str, created: i64, expires: Option<i64>) -> SecretVerifier {
+        SecretVerifier {
+            sha256: secret_verifier(secret),
+            created_at: Time(t(created)),
+            expires_at: expires.map(|e| Time(t(e))),
+        }
+    }
+
+    const ROTATION: Rotation = Rotation {
+        interval: Duration::from_secs(100),
+        grace: Duration::from_secs(30),
+    };
+
+    #[test]
+    fn generated_secrets_are_256_bits_base64url() {
+        let a = generate_client_secret().expect("random");
+        let b = generate_client_secret().expect("random");
+        assert_ne!(a, b);
+        assert!(plausible_secret(&a), "{}", a.len());
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&a)
+            .expect("base64url");
+        assert_eq!(bytes.len(), 32);
+    }
+
+    #[test]
+    fn a_new_client_gets_a_new_secret() {
+        let plan = plan_credentials(
+            &OAuthClientStatus::default(),
+            None,
+            Duration::ZERO,
+            &SecretSeen::Missing,
+            t(0),
+            fixed(A),
+        )
+        .expect("plan");
+        assert_eq!(plan.outcome, Outcome::Created);
+        assert_eq!(plan.secret, A);
+        assert_eq!(plan.verifiers, vec![verifier(A, 0, None)]);
+        assert_eq!(plan.next_due, None, "no rotation: nothing to wake up for");
+        assert!(
+            !format!("{plan:?}").contains(A),
+            "Debug never shows the secret"
+        );
+    }
+
+    #[test]
+    fn the_same_secret_is_kept_across_reapply_and_restart() {
+        let status = status_with(vec![verifier(A, 0, None)], 0);
+        let plan = plan_credentials(
+            &status,
+            None,
+            Duration::ZERO,
+            &SecretSeen::Present(Some(A.into())),
+            t(5000),
+            never,
+        )
+        .expect("plan");
+        assert_eq!(plan.outcome, Outcome::Unchanged);
+        assert_eq!(plan.secret, A);
+        assert_eq!(plan.verifiers, status.secret_verifiers);
+    }
+
+    #[test]
+    fn a_secret_written_before_a_crash_is_adopted() {
+        let plan = plan_credentials(
+            &OAuthClientStatus::default(),
+            None,
+            Duration::ZERO,
+            &SecretSeen::Present(Some(A.into())),
+            t(3),
+            never,
+        )
+        .expect("plan");
+        assert_eq!(plan.outcome, Outcome::Adopted);
+        assert_eq!(plan.secret, A);
+        assert_eq!(plan.verifiers[0].sha256, secret_verifier(A));
+    }
+
+    #[test]
+    fn rotation_keeps_the_previous_secret_for_the_grace_period() {
+        let status = status_with(vec![verifier(A, 0, None)], 0);
+        let seen = SecretSeen::Present(Some(A.into()));
+        let jitter = Duration::from_secs(2);
+        // Not yet due (interval + jitter).
+        let early =
+            plan_credentials(&status, Some(ROTATION), jitter, &seen, t(101), never).expect("plan");
+        assert_eq!(early.outcome, Outcome::Unchanged);
+        assert_eq!(early.next_due, Some(t(102)));
+        let rotated = plan_credentials(&status, Some(ROTATION), jitter, &seen, t(102), fixed(B))
+            .expect("plan");
+        assert_eq!(rotated.outcome, Outcome::Rotated);
+        assert_eq!(rotated.secret, B);
+        assert_eq!(
+            rotated.verifiers,
+            vec![verifier(B, 102, None), verifier(A, 0, Some(132))]
+        );
+        assert_eq!(
+            rotated.next_due,
+            Some(t(132)),
+            "wake up to drop the old verifier"
+        );
+
+        // After the grace period the old verifier is gone.
+        let status = OAuthClientStatus {
+            secret_verifiers: rotated.verifiers.clone(),
+            secret_rotated_at: Some(Time(t(102))),
+            ..Default::default()
+        };
+        let seen = SecretSeen::Present(Some(B.into()));
+        let later =
+            plan_credentials(&status, Some(ROTATION), jitter, &seen, t(132), never).expect("plan");
+        assert_eq!(later.verifiers, vec![verifier(B, 102, None)]);
+        assert_eq!(later.next_due, Some(t(204)));
+    }
+
+    #[test]
+    fn a_deleted_secret_is_replaced_with_a_new_one() {
+        let status = status_with(vec![verifier(A, 0, None)], 0);
+        let plan = plan_credentials(
+            &status,
+            None,
+            Duration::ZERO,
+            &SecretSeen::Missing,
+            t(10),
+            fixed(B),
+        )
+        .expect("plan");
+        assert_eq!(plan.outcome, Outcome::Replaced { deleted: true });
+        assert_eq!(
+            plan.verifiers,
+            vec![verifier(B, 10, None)],
+            "without rotation, no grace"
+        );
+        let plan = plan_credentials(
+            &status,
+            Some(ROTATION),
+            Duration::ZERO,
+            &SecretSeen::Missing,
+            t(10),
+            fixed(B),
+        )
+        .expect("plan");
+        assert_eq!(
+            plan.verifiers,
+            vec![verifier(B, 10, None), verifier(A, 0, Some(40))]
+        );
+    }
+
+    #[test]
+    fn an_edited_secret_is_replaced_and_an_unreadable_one_too() {
+        let status = status_with(vec![verifier(A, 0, None)], 0);
+        let edited = SecretSeen::Present(Some(B.into()));
+        let plan = plan_credentials(
+            &status,
+            None,
+            Duration::ZERO,
+            &edited,
+            t(10),
+            fixed("C".repeat(43).leak()),
+        )
+        .expect("plan");
+        assert_eq!(plan.outcome, Outcome::Replaced { deleted: false });
+        assert_ne!(plan.secret, B, "a value typed in by hand is never adopted");
+        let garbled = SecretSeen::Present(None);
+        let plan = plan_credentials(&status, None, Duration::ZERO, &garbled, t(10), fixed(B))
+            .expect("plan");
+        assert_eq!(plan.outcome, Outcome::Replaced { deleted: false });
+    }
+
+    #[test]
+    fn expired_verifiers_are_dropped_even_without_rotation() {
+        let status = status_with(vec![verifier(B, 50, None), verifier(A, 0, Some(60))], 50);
+        let seen = SecretSeen::Present(Some(B.into()));
+        let plan =
+            plan_credentials(&status, None, Duration::ZERO, &seen, t(59), never).expect("plan");
+        assert_eq!(plan.verifiers.len(), 2);
+        assert_eq!(plan.next_due, Some(t(60)));
+        let plan =
+            plan_credentials(&status, None, Duration::ZERO, &seen, t(60), never).expect("plan");
+        assert_eq!(plan.verifiers, vec![verifier(B, 50, None)]);
+    }
+
+    fn client(
+        ns: &str,
+        name: &str,
+        uid: &str,
+        created: i64,
+        client_id: Option<&str>,
+    ) -> Arc<OAuthClient> {
+        let spec =
+            serde_json::from_value(serde_json::json!({ "clientId": client_id })).expect("spec");
+        let mut c = OAuthClient::new(name, spec);
+        c.metadata.namespace = Some(ns.into());
+        c.metadata.uid = Some(uid.into());
+        c.metadata.creation_timestamp = Some(Time(t(created)));
+        Arc::new(c)
+    }
+
+    #[test]
+    fn the_earlier_client_keeps_a_duplicate_client_id() {
+        let first = client("a", "x", "1", 10, Some("shared"));
+        let later = client("b", "y", "2", 20, Some("shared"));
+        let other = client("c", "z", "3", 0, Some("other"));
+        let all = vec![first.clone(), later.clone(), other.clone()];
+        assert_eq!(
+            first_claimant("shared", &later, &all)
+                .metadata
+                .uid
+                .as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            first_claimant("shared", &first, &all)
+                .metadata
+                .uid
+                .as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            first_claimant("other", &other, &all)
+                .metadata
+                .uid
+                .as_deref(),
+            Some("3")
+        );
+        // Same second: namespace, then name decide, the same way for both.
+        let a = client("a", "m", "4", 30, Some("tie"));
+        let b = client("b", "m", "5", 30, Some("tie"));
+        let all = vec![a.clone(), b.clone()];
+        assert_eq!(
+            first_claimant("tie", &a, &all).metadata.uid.as_deref(),
+            Some("4")
+        );
+        assert_eq!(
+            first_claimant("tie", &b, &all).metadata.uid.as_deref(),
+            Some("4")
+        );
+        // Not yet in the store: still compared.
+        assert_eq!(
+            first_claimant("tie", &b, &[]).metadata.uid.as_deref(),
+            Some("5")
+        );
+        // The default id is <name>.<namespace>.
+        let c = client("ns", "svc", "6", 1, None);
+        let d = client("other", "dup", "7", 2, Some("svc.ns"));
+        let all = vec![c.clone(), d.clone()];
+        assert_eq!(
+            first_claimant("svc.ns", &d, &all).metadata.uid.as_deref(),
+            Some("6")
+        );
+    }
+
+    #[test]
+    fn secret_has_every_contract_key() {
+        let data = secret_data(
+            "task-service.tasks",
+            A,
+            "https://sigil.example.com/oauth2/token",
+            "https://sigil.example.com",
+            &["event.view".into(), "file.view".into()],
+            &["event".into(), "file".into()],
+        );
+        let text = |k: &str| String::from_utf8(data[k].0.clone()).expect("utf8");
+        assert_eq!(text("client_id"), "task-service.tasks");
+        assert_eq!(text("client_secret"), A);
+        assert_eq!(text("scope"), "event.view file.view");
+        assert_eq!(text("audience"), "event file");
+        assert_eq!(text("issuer"), "https://sigil.example.com");
+        let json: serde_json::Value =
+            serde_json::from_str(&text("credentials.json")).expect("json");
+        assert_eq!(json["client_secret"], A);
+        assert_eq!(json["token_url"], "https://sigil.example.com/oauth2/token");
+        assert_eq!(json["scope"], "event.view file.view");
+        assert_eq!(data.len(), 7);
+    }
+}

@@ -1,0 +1,134 @@
+//! Watches that survive one bad object.
+//!
+//! A typed watcher fails a whole list or watch event when one object does
+//! not deserialize, and retries forever. Here the custom resources are
+//! watched as `DynamicObject`s and decoded one by one: an object that does
+//! not decode is logged, counted and skipped, and every other object keeps
+//! being reconciled.
+
+use std::collections::HashSet;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+
+use crate::metrics::{KindLabels, Metrics};
+
+/// Where to watch.
+#[derive(Clone, Debug)]
+pub enum Scope {
+    All,
+    Namespace(String),
+    /// Watched cluster-wide and filtered here.
+    Namespaces(HashSet<String>),
+}
+
+impl Scope {
+    pub fn from_list(namespaces: &[String]) -> Scope {
+        let set: HashSet<String> = namespaces
+            .iter()
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .collect();
+        match set.len() {
+            0 => Scope::All,
+            1 => Scope::Namespace(set.into_iter().next().unwrap_or_default()),
+            _ => Scope::Namespaces(set),
+        }
+    }
+
+    pub fn api<K>(&self, client: Client) -> Api<K>
+    where
+        K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+    {
+        match self {
+            Scope::Namespace(ns) => Api::namespaced(client, ns),
+            Scope::All | Scope::Namespaces(_) => Api::all(client),
+        }
+    }
+
+    fn admits(&self, namespace: Option<&str>) -> bool {
+        match self {
+            Scope::Namespaces(set) => namespace.is_some_and(|ns| set.contains(ns)),
+            _ => true,
+        }
+    }
+}
+
+/// Decodes one watcher event; `None` drops an undecodable object.
+fn decode_event<K>(
+    event: Event<DynamicObject>,
+    kind: &'static str,
+    metrics: &Metrics,
+    scope: &Scope,
+) -> Option<Event<K>>
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned,
+{
+    let decode = |obj: DynamicObject| -> Option<K> {
+        if !scope.admits(obj.metadata.namespace.as_deref()) {
+            return None;
+        }
+        let namespace = obj.namespace().unwrap_or_default();
+        let name = obj.name_any();
+        match obj.try_parse::<K>() {
+            Ok(typed) => Some(typed),
+            Err(error) => {
+                metrics
+                    .skipped_objects
+                    .get_or_create(&KindLabels { kind })
+                    .inc();
+                tracing::warn!(kind, %namespace, %name, %error, "skipping an object that does not deserialize");
+                None
+            }
+        }
+    };
+    match event {
+        Event::Apply(obj) => decode(obj).map(Event::Apply),
+        Event::Delete(obj) => decode(obj).map(Event::Delete),
+        Event::InitApply(obj) => decode(obj).map(Event::InitApply),
+        Event::Init => Some(Event::Init),
+        Event::InitDone => Some(Event::InitDone),
+    }
+}
+
+/// A reflector-backed stream of events of `K`, tolerant of undecodable
+/// objects. Events are yielded after the store has applied them.
+pub fn tolerant_reflector<K>(
+    client: Client,
+    scope: Scope,
+    writer: Writer<K>,
+    kind: &'static str,
+    metrics: Arc<Metrics>,
+) -> impl Stream<Item = Result<Event<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + DeserializeOwned
+        + Clone
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let resource = ApiResource::erase::<K>(&());
+    let api: Api<DynamicObject> = match &scope {
+        Scope::Namespace(ns) => Api::namespaced_with(client, ns, &resource),
+        Scope::All | Scope::Namespaces(_) => Api::all_with(client, &resource),
+    };
+    let events = watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .filter_map(move |event| {
+            let decoded = match event {
+                Ok(event) => decode_event::<K>(event, kind, &metrics, &scope).map(Ok),
+                Err(error) => Some(Err(error)),
+            };
+            futures::future::ready(decoded)
+        });
+    reflector::reflector(writer, events)
+}
