@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod pki;
+pub mod processes;
 
 use std::path::PathBuf;
 
