@@ -1,0 +1,220 @@
+//! The whole system: the README's run command, and the operator and issuer
+//! running with exactly the chart's RBAC (real ServiceAccount tokens), so a
+//! missing permission fails here rather than in somebody's cluster.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use sigil_crds::OAuthClient;
+use sigil_tests::cluster::{TestCluster, workspace_root};
+use sigil_tests::processes::{Process, free_addr};
+
+#[tokio::test]
+async fn the_run_command_ends_with_the_calendar_services_200() {
+    // `hack/dev.sh` is build-control-plane + cargo build + this binary.
+    let dir = std::env::temp_dir().join(format!("sigil-dev-test-{}", std::process::id()));
+    let port = || free_addr().expect("free port").port().to_string();
+    let out = tokio::process::Command::new(sigil_tests::binary("sigil-dev"))
+        .args([
+            "--exit",
+            "--dir",
+            &dir.display().to_string(),
+            "--api-port",
+            &port(),
+            "--issuer-port",
+            &port(),
+            "--calendar-port",
+            &port(),
+        ])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("running sigil-dev");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.status.success(), "sigil-dev failed\n{stdout}\n{stderr}");
+    for step in 1..=8 {
+        assert!(
+            stdout.contains(&format!("[{step}/8]")),
+            "step {step} missing:\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("access_token: ey"),
+        "no token printed:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("with the token -> 200 OK"),
+        "the Calendar Service did not answer 200:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("\"caller\":\"task-service.tasks\""),
+        "{stdout}"
+    );
+}
+
+/// A kubeconfig holding a real token of `namespace/service_account`.
+fn service_account_kubeconfig(
+    cluster: &TestCluster,
+    namespace: &str,
+    service_account: &str,
+) -> std::path::PathBuf {
+    let token = cluster
+        .kubectl(&[
+            "create",
+            "token",
+            service_account,
+            "-n",
+            namespace,
+            "--duration=1h",
+        ])
+        .expect_success("kubectl create token")
+        .stdout;
+    let admin = std::fs::read_to_string(cluster.kubeconfig()).expect("admin kubeconfig");
+    // Same cluster entry, the ServiceAccount's bearer token as the user.
+    let users_at = admin.find("users:").expect("users section");
+    let contexts_at = admin.find("contexts:").expect("contexts section");
+    let kubeconfig = format!(
+        "{}users:\n- name: sa\n  user:\n    token: {}\n{}",
+        &admin[..users_at],
+        token.trim(),
+        admin[contexts_at..].replace("user: sigil-admin", "user: sa"),
+    );
+    let path = cluster
+        .control_plane
+        .dir()
+        .join(format!("{namespace}-{service_account}.kubeconfig"));
+    std::fs::write(&path, kubeconfig).expect("writing kubeconfig");
+    path
+}
+
+#[tokio::test]
+async fn operator_and_issuer_work_with_exactly_the_charts_rbac() {
+    let cluster = TestCluster::shared().await;
+    let ns = cluster.namespace("sigil-rbac").await;
+    let app = cluster.namespace("app").await;
+    let chart = workspace_root().join("charts/sigil").display().to_string();
+    // The chart's ServiceAccounts, RBAC and default SigningKey; no pods run
+    // here, so the Deployments stay unscheduled and the processes below
+    // stand in for them.
+    cluster
+        .helm(&[
+            "install",
+            "sigil-rbac",
+            &chart,
+            "-n",
+            &ns,
+            "--set",
+            "webhook.enabled=false",
+        ])
+        .expect_success("helm install");
+
+    let logs = cluster.control_plane.dir().join("logs");
+    let issuer_addr = free_addr().expect("free port");
+    let issuer_url = format!("http://{issuer_addr}");
+
+    let operator_health = free_addr().expect("free port");
+    let operator_kubeconfig = service_account_kubeconfig(cluster, &ns, "sigil-rbac-operator");
+    let mut operator = Process::spawn(
+        "operator",
+        &sigil_tests::binary("operator"),
+        &[
+            format!("--issuer-url={issuer_url}"),
+            format!("--namespace={ns}"),
+            format!("--health-listen={operator_health}"),
+        ],
+        &[("KUBECONFIG", operator_kubeconfig.display().to_string())],
+        &logs.join(format!("{ns}-operator.log")),
+    )
+    .expect("starting the operator");
+
+    let issuer_health = free_addr().expect("free port");
+    let issuer_kubeconfig = service_account_kubeconfig(cluster, &ns, "sigil-rbac-issuer");
+    let mut issuer = Process::spawn(
+        "issuer",
+        &sigil_tests::binary("issuer"),
+        &[
+            format!("--issuer-url={issuer_url}"),
+            format!("--listen={issuer_addr}"),
+            format!("--health-listen={issuer_health}"),
+            format!("--namespace={ns}"),
+        ],
+        &[("KUBECONFIG", issuer_kubeconfig.display().to_string())],
+        &logs.join(format!("{ns}-issuer.log")),
+    )
+    .expect("starting the issuer");
+    // Ready means: watches synced under its RBAC, and the operator (under
+    // its RBAC) generated the chart's default key and wrote it to a Secret.
+    issuer
+        .wait_http_ok(issuer_health, "/readyz", Duration::from_secs(60))
+        .await
+        .expect("issuer ready under least privilege");
+
+    let client = cluster.client().await;
+    let manifest = serde_json::json!({
+        "apiVersion": "sigil.dev/v1alpha1",
+        "kind": "OAuthClient",
+        "metadata": { "name": "orders" },
+        "spec": { "scopes": ["orders.read"], "audiences": ["orders"] },
+    });
+    let clients: Api<OAuthClient> = Api::namespaced(client.clone(), &app);
+    clients
+        .create(
+            &Default::default(),
+            &serde_json::from_value(manifest).expect("valid OAuthClient"),
+        )
+        .await
+        .expect("OAuthClient created");
+    let secrets: Api<Secret> = Api::namespaced(client, &app);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let secret = loop {
+        operator.check_running().expect("operator running");
+        if let Some(secret) = secrets.get_opt("orders-oauth").await.expect("get Secret") {
+            break secret;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "operator wrote no Secret within 30s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let data = secret.data.unwrap_or_default();
+    let field = |k: &str| String::from_utf8_lossy(&data[k].0).into_owned();
+
+    // The issuer learns the client from status (it cannot read the Secret).
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let response = loop {
+        let response = http
+            .post(field("token_url"))
+            .basic_auth(field("client_id"), Some(field("client_secret")))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .expect("token request");
+        if response.status().is_success() || Instant::now() > deadline {
+            break response;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.expect("JSON body");
+    assert_eq!(status, 200, "token request under least privilege: {body}");
+    assert_eq!(body["scope"], "orders.read");
+    assert_eq!(body["token_type"], "Bearer");
+
+    // Neither log shows a permission error (a 403 the code retried past).
+    for process in [&operator, &issuer] {
+        let log = std::fs::read_to_string(process.log()).unwrap_or_default();
+        assert!(
+            !log.contains("forbidden"),
+            "{} hit a permission error:\n{}",
+            process.log().display(),
+            process.log_tail()
+        );
+    }
+    operator.stop().await;
+    issuer.stop().await;
+}
