@@ -48,22 +48,13 @@ impl Component {
 }
 
 /// Options for [`ControlPlane::start`].
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Options {
     /// Directory for data, certificates, logs and kubeconfigs. Removed on
     /// stop when it was created by us (`None`: a fresh temp directory).
     pub dir: Option<PathBuf>,
     /// Fixed API server port (`None`: any free port).
     pub api_port: Option<u16>,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            dir: None,
-            api_port: None,
-        }
-    }
 }
 
 pub struct ControlPlane {
