@@ -15,6 +15,7 @@ pub mod signer;
 pub mod standalone;
 pub mod store;
 pub mod token;
+pub mod webhook;
 
 #[cfg(test)]
 mod api_tests;
