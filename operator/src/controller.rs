@@ -2,10 +2,9 @@
 //! shutdown.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
+use futures::StreamExt;
 use futures::channel::mpsc;
-use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::Api;
@@ -64,6 +63,7 @@ pub async fn run(
         client_writer,
         "OAuthClient",
         metrics.clone(),
+        health.clone(),
     )
     .inspect(move |event| {
         let changed = match event {
@@ -109,6 +109,7 @@ pub async fn run(
         key_writer,
         "SigningKey",
         metrics.clone(),
+        health.clone(),
     )
     .applied_objects();
 
@@ -139,20 +140,7 @@ pub async fn run(
             }
         });
 
-    let synced = {
-        let health = health.clone();
-        async move {
-            let clients = client_store.wait_until_ready();
-            let keys = key_store.wait_until_ready();
-            if clients.await.is_ok() && keys.await.is_ok() {
-                health.synced.store(true, Ordering::Release);
-                tracing::info!("caches synced");
-            }
-        }
-    };
-    tokio::spawn(synced.map(|_| ()));
-
     tracing::info!(namespace = %args.namespace, "controllers running");
     futures::join!(client_controller, key_controller);
-    health.synced.store(false, Ordering::Release);
+    health.reset_listed();
 }

@@ -1,8 +1,9 @@
 //! `/healthz`, `/readyz` and `/metrics` on `--health-listen`.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
@@ -17,14 +18,36 @@ use crate::metrics::Metrics;
 pub struct Health {
     /// This replica holds the Lease.
     pub leading: AtomicBool,
-    /// The leader's watches have listed everything once.
-    pub synced: AtomicBool,
+    /// Kinds whose watch has listed everything once (as the leader).
+    listed: Mutex<BTreeSet<&'static str>>,
 }
+
+/// The kinds the leader watches.
+const WATCHED_KINDS: [&str; 2] = ["OAuthClient", "SigningKey"];
 
 impl Health {
     /// Ready when standing by, or when leading with synced caches.
     pub fn ready(&self) -> bool {
-        !self.leading.load(Ordering::Acquire) || self.synced.load(Ordering::Acquire)
+        if !self.leading.load(Ordering::Acquire) {
+            return true;
+        }
+        let listed = self.listed.lock().unwrap_or_else(|p| p.into_inner());
+        WATCHED_KINDS.iter().all(|kind| listed.contains(kind))
+    }
+
+    /// A watch of `kind` has listed every object (its cache is synced).
+    pub fn mark_listed(&self, kind: &'static str) {
+        let mut listed = self.listed.lock().unwrap_or_else(|p| p.into_inner());
+        if listed.insert(kind) {
+            tracing::info!(kind, "cache synced");
+        }
+    }
+
+    pub fn reset_listed(&self) {
+        self.listed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 }
 

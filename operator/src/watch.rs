@@ -18,6 +18,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
+use crate::health::Health;
 use crate::metrics::{KindLabels, Metrics};
 
 /// Where to watch.
@@ -66,6 +67,7 @@ fn decode_event<K>(
     event: Event<DynamicObject>,
     kind: &'static str,
     metrics: &Metrics,
+    health: &Health,
     scope: &Scope,
 ) -> Option<Event<K>>
 where
@@ -93,8 +95,14 @@ where
         Event::Apply(obj) => decode(obj).map(Event::Apply),
         Event::Delete(obj) => decode(obj).map(Event::Delete),
         Event::InitApply(obj) => decode(obj).map(Event::InitApply),
-        Event::Init => Some(Event::Init),
-        Event::InitDone => Some(Event::InitDone),
+        Event::Init => {
+            tracing::debug!(kind, "listing");
+            Some(Event::Init)
+        }
+        Event::InitDone => {
+            health.mark_listed(kind);
+            Some(Event::InitDone)
+        }
     }
 }
 
@@ -106,6 +114,7 @@ pub fn tolerant_reflector<K>(
     writer: Writer<K>,
     kind: &'static str,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
 ) -> impl Stream<Item = Result<Event<K>, watcher::Error>> + Send + 'static
 where
     K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
@@ -125,7 +134,7 @@ where
         .default_backoff()
         .filter_map(move |event| {
             let decoded = match event {
-                Ok(event) => decode_event::<K>(event, kind, &metrics, &scope).map(Ok),
+                Ok(event) => decode_event::<K>(event, kind, &metrics, &health, &scope).map(Ok),
                 Err(error) => Some(Err(error)),
             };
             futures::future::ready(decoded)

@@ -630,7 +630,14 @@ async fn reconcile_client(oac: &OAuthClient, ctx: &Context) -> Result<Action> {
                 "was edited and its client_secret no longer matched"
             };
             tracing::warn!(%namespace, %name, deleted, "replaced the client secret");
-            ctx.event(oac, EventType::Warning, "SecretRepaired", "RepairSecret", format!("Secret {secret_name} {what}; wrote it again with a new client secret; {previous}")).await;
+            // Distinct reasons: the event recorder folds repeats of one reason
+            // into a series that keeps the first note.
+            let (reason, action) = if deleted {
+                ("SecretRecreated", "RecreateSecret")
+            } else {
+                ("SecretReplaced", "ReplaceSecret")
+            };
+            ctx.event(oac, EventType::Warning, reason, action, format!("Secret {secret_name} {what}; wrote it again with a new client secret; {previous}")).await;
         }
         Outcome::Unchanged if !secret_current => {
             let spec_changed = status.observed_generation != generation;
@@ -639,8 +646,8 @@ async fn reconcile_client(oac: &OAuthClient, ctx: &Context) -> Result<Action> {
                 ctx.event(
                     oac,
                     EventType::Warning,
-                    "SecretRepaired",
-                    "RepairSecret",
+                    "SecretRestored",
+                    "RestoreSecret",
                     format!(
                         "Secret {secret_name} was edited; restored it (client secret unchanged)"
                     ),
