@@ -211,6 +211,10 @@ pub async fn serve_listener(
         source,
     })?;
     tracing::info!(%addr, "listening (http)");
+    // Small JSON answers: send them at once instead of waiting for an ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+        let _ = stream.set_nodelay(true);
+    });
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),

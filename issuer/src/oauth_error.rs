@@ -94,6 +94,14 @@ impl OAuthError {
     }
 }
 
+impl std::fmt::Display for OAuthError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.description)
+    }
+}
+
+impl std::error::Error for OAuthError {}
+
 impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
         let mut response = (self.status(), self.body()).into_response();

@@ -96,8 +96,20 @@ pub fn parse_documents(
     text: &str,
     manifests: &mut Manifests,
 ) -> Result<(), StandaloneError> {
-    let documents: Vec<serde_json::Value> =
-        serde_saphyr::from_multiple(text).map_err(|e| StandaloneError::Yaml {
+    // The default budget (1,024 documents) is for untrusted input; a
+    // manifests folder may hold tens of thousands of clients in one file.
+    let options = serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_documents: 1_000_000,
+            max_nodes: 50_000_000,
+            max_events: 100_000_000,
+        },
+        // YAML 1.2 booleans only: an untyped parse must not turn a
+        // namespace `n` or a scope `no` into `false`.
+        strict_booleans: true,
+    };
+    let documents: Vec<serde_json::Value> = serde_saphyr::from_multiple_with_options(text, options)
+        .map_err(|e| StandaloneError::Yaml {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
@@ -184,9 +196,14 @@ pub fn load_or_create_secrets(
     }
     if !generated.is_empty() {
         write_secrets(path, &secrets)?;
+        // Name the ids (never the secrets); a long list is cut short.
+        const NAMED: usize = 20;
+        let mut named = generated[..generated.len().min(NAMED)].join(", ");
+        if generated.len() > NAMED {
+            named.push_str(&format!(" and {} more", generated.len() - NAMED));
+        }
         eprintln!(
-            "sigil issuer: generated client secrets for {} written to {}",
-            generated.join(", "),
+            "sigil issuer: generated client secrets for {named}; written to {}",
             path.display()
         );
     }
@@ -622,6 +639,19 @@ mod tests {
         assert_eq!(r.next_wake(), 15);
         r.advance(15, false).unwrap();
         assert_ne!(r.active_kid(), Some(first.as_str()));
+    }
+
+    #[test]
+    fn one_file_may_hold_thousands_of_clients() {
+        let mut text = String::new();
+        for i in 0..3000 {
+            text.push_str(&format!(
+                "---\napiVersion: sigil.dev/v1alpha1\nkind: OAuthClient\nmetadata: {{name: c{i}, namespace: n}}\nspec: {{scopes: [a], audiences: [b]}}\n"
+            ));
+        }
+        let mut manifests = Manifests::default();
+        parse_documents(Path::new("many.yaml"), &text, &mut manifests).unwrap();
+        assert_eq!(manifests.clients.len(), 3000);
     }
 
     #[test]

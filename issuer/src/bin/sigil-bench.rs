@@ -1,1 +1,524 @@
-fn main() {}
+//! `sigil-bench`: the token endpoint against its floor (DESIGN.md §9), all
+//! measured in one run on this machine:
+//!
+//! 1. bare signing per algorithm with a pre-parsed key (one thread);
+//! 2. a bare HTTP round trip on the same server stack (axum + hyper, a
+//!    trivial form POST handler);
+//! 3. `POST /oauth2/token` end to end against the standalone issuer with
+//!    10,000 clients loaded from manifests, keep-alive connections from a
+//!    load generator on loopback; then again at half the peak rate for p99.
+//!
+//! The floor is the rate implied by one signature plus one bare round trip:
+//! `1 / (1/sign + 1/http)`. Server and load generator each get their own
+//! runtime with `--server-threads` / `--client-threads` workers (default 1
+//! each, so the numbers are per server core).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::Router;
+use axum::routing::post;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use sigil_crds::SigningAlgorithm;
+use sigil_issuer::app::{self, App, Settings};
+use sigil_issuer::metrics::Metrics;
+use sigil_issuer::signer::{ParsedKey, generate_pkcs8_der};
+use sigil_issuer::standalone;
+use sigil_issuer::store::{Store, TokenTyp};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sigil-bench",
+    about = "Benchmark the issuer's token endpoint against its floor"
+)]
+struct Args {
+    /// OAuth clients loaded into the standalone issuer.
+    #[arg(long, default_value_t = 10_000)]
+    clients: usize,
+    /// Seconds per measurement, split into `--rounds` interleaved slices.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Interleaved rounds; the best one counts.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Keep-alive connections of the load generator.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Worker threads of the server runtime.
+    #[arg(long, default_value_t = 1)]
+    server_threads: usize,
+    /// Worker threads of the load generator runtime.
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+    /// Algorithms to measure bare signing for; the first one signs tokens.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ES256,EdDSA,RS256,PS256,ES384"
+    )]
+    algorithms: Vec<String>,
+}
+
+fn algorithm(name: &str) -> anyhow::Result<SigningAlgorithm> {
+    serde_json::from_value(serde_json::Value::String(name.to_owned()))
+        .with_context(|| format!("unknown algorithm {name}"))
+}
+
+/// Signatures per second on one thread with a pre-parsed key.
+fn bare_signing(algorithm: SigningAlgorithm, seconds: f64) -> anyhow::Result<f64> {
+    let key = ParsedKey::from_pkcs8_der(algorithm, &generate_pkcs8_der(algorithm, 2048)?)?;
+    // A typical header.claims signing input (~400 bytes).
+    let input = vec![b'a'; 400];
+    let warm = Instant::now();
+    while warm.elapsed() < Duration::from_millis(200) {
+        key.sign(&input)?;
+    }
+    let started = Instant::now();
+    let mut count = 0u64;
+    while started.elapsed().as_secs_f64() < seconds {
+        for _ in 0..64 {
+            key.sign(&input)?;
+        }
+        count += 64;
+    }
+    Ok(count as f64 / started.elapsed().as_secs_f64())
+}
+
+struct LoadResult {
+    requests: u64,
+    errors: u64,
+    elapsed: Duration,
+    latencies_us: Vec<u32>,
+}
+
+impl LoadResult {
+    fn rate(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let index = ((self.latencies_us.len() - 1) as f64 * p).round() as usize;
+        f64::from(self.latencies_us[index]) / 1000.0
+    }
+}
+
+/// One request to send: path, Authorization header, body.
+#[derive(Clone)]
+struct Shot {
+    authorization: Option<String>,
+    body: Bytes,
+}
+
+/// Drives `connections` keep-alive HTTP/1.1 connections for `seconds`,
+/// each sending the shots round-robin; paced to `rate` requests/s in total
+/// if given (else closed loop, as fast as answers come).
+async fn load(
+    addr: SocketAddr,
+    path: &'static str,
+    shots: Arc<Vec<Shot>>,
+    connections: usize,
+    seconds: f64,
+    rate: Option<f64>,
+) -> anyhow::Result<LoadResult> {
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for connection in 0..connections {
+        let shots = shots.clone();
+        tasks.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let (mut sender, driver) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+            tokio::spawn(driver);
+            let mut pacing = rate.map(|r| {
+                // Connections tick evenly spread over one period, so the
+                // paced load arrives smoothly rather than in bursts.
+                let period = Duration::from_secs_f64(connections as f64 / r);
+                let offset = period.mul_f64(connection as f64 / connections as f64);
+                let mut interval =
+                    tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                interval
+            });
+            let mut latencies = Vec::new();
+            let (mut ok, mut errors) = (0u64, 0u64);
+            let mut next = connection * 7919;
+            while Instant::now() < deadline {
+                if let Some(interval) = pacing.as_mut() {
+                    interval.tick().await;
+                }
+                let shot = &shots[next % shots.len()];
+                next += 1;
+                let mut request = hyper::Request::post(path)
+                    .header("host", "127.0.0.1")
+                    .header("content-type", "application/x-www-form-urlencoded");
+                if let Some(authorization) = &shot.authorization {
+                    request = request.header("authorization", authorization);
+                }
+                let request = request.body(Full::new(shot.body.clone()))?;
+                sender.ready().await?;
+                let sent = Instant::now();
+                let response = sender.send_request(request).await?;
+                let status = response.status();
+                response.into_body().collect().await?;
+                latencies.push(sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                if status.is_success() {
+                    ok += 1;
+                } else {
+                    errors += 1;
+                }
+            }
+            Ok::<_, anyhow::Error>((ok, errors, latencies))
+        }));
+    }
+    let mut result = LoadResult {
+        requests: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latencies_us: Vec::new(),
+    };
+    for task in tasks {
+        let (ok, errors, latencies) = task.await??;
+        result.requests += ok;
+        result.errors += errors;
+        result.latencies_us.extend(latencies);
+    }
+    result.elapsed = started.elapsed();
+    result.latencies_us.sort_unstable();
+    Ok(result)
+}
+
+/// Starts `router` on a loopback port in its own runtime.
+fn start_server(
+    router: Router,
+    threads: usize,
+) -> anyhow::Result<(tokio::runtime::Runtime, SocketAddr)> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("bench-server")
+        .enable_all()
+        .build()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let addr = listener.local_addr()?;
+    runtime.spawn(async move {
+        if let Err(error) = app::serve_listener(listener, router).await {
+            eprintln!("bench server failed: {error}");
+        }
+    });
+    Ok((runtime, addr))
+}
+
+/// A standalone issuer built the way `issuer --manifests` builds it.
+fn standalone_issuer(
+    dir: &Path,
+    clients: usize,
+    algorithm: SigningAlgorithm,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<(Arc<App>, Vec<Shot>)> {
+    let manifests = dir.join("manifests");
+    std::fs::create_dir_all(&manifests)?;
+    let mut yaml = String::new();
+    for i in 0..clients {
+        yaml.push_str(&format!(
+            "---\napiVersion: sigil.dev/v1alpha1\nkind: OAuthClient\nmetadata: {{name: client-{i}, namespace: bench}}\nspec:\n  scopes: [event.view, event.create, file.view]\n  audiences: [event, file]\n"
+        ));
+    }
+    yaml.push_str(&format!(
+        "---\napiVersion: sigil.dev/v1alpha1\nkind: SigningKey\nmetadata: {{name: default, namespace: sigil-system}}\nspec: {{algorithm: {}}}\n",
+        algorithm.as_str()
+    ));
+    std::fs::write(manifests.join("clients.yaml"), yaml)?;
+    let secrets_path = dir.join("secrets.json");
+    let _ = std::fs::remove_file(&secrets_path);
+    let loaded = standalone::load_manifests(&manifests)?;
+    let secrets = standalone::load_or_create_secrets(&secrets_path, &loaded.clients)?;
+    let store = Arc::new(Store::new("default"));
+    standalone::load_clients(&store, &loaded.clients, &secrets);
+    runtime.block_on(standalone::start_rings(
+        &store,
+        &loaded.signing_keys,
+        "default",
+        None,
+    ))?;
+    store.mark_synced();
+    let settings = Settings {
+        issuer_url: "http://127.0.0.1".into(),
+        token_typ: TokenTyp::AtJwt,
+        failed_auth_per_minute: std::num::NonZeroU32::new(60).context("nonzero")?,
+    };
+    let app = Arc::new(App::new(store, Arc::new(Metrics::new()), &settings)?);
+    let shots = secrets
+        .iter()
+        .map(|(id, secret)| Shot {
+            authorization: Some(format!(
+                "Basic {}",
+                STANDARD.encode(format!("{id}:{secret}"))
+            )),
+            body: Bytes::from_static(b"grant_type=client_credentials"),
+        })
+        .collect();
+    Ok((app, shots))
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+fn best(values: &[f64]) -> f64 {
+    values.iter().copied().fold(0.0, f64::max)
+}
+
+/// The token pipeline without HTTP (authenticate, narrow, claims, sign,
+/// body) on one thread: what the handler itself costs.
+fn pipeline_rate(app: &App, shots: &[Shot], seconds: f64) -> anyhow::Result<f64> {
+    let form = sigil_issuer::token::parse_form(b"grant_type=client_credentials")?;
+    let requests: Vec<sigil_issuer::token::FormRequest> = shots
+        .iter()
+        .take(1000)
+        .map(|shot| sigil_issuer::token::FormRequest {
+            source: Some(std::net::IpAddr::from([127, 0, 0, 1])),
+            authorization: shot
+                .authorization
+                .as_deref()
+                .and_then(|a| axum::http::HeaderValue::from_str(a).ok()),
+            form: form.clone(),
+        })
+        .collect();
+    let started = Instant::now();
+    let mut count = 0u64;
+    while started.elapsed().as_secs_f64() < seconds {
+        for request in &requests {
+            let now = sigil_issuer::token::unix_now();
+            let client =
+                sigil_issuer::token::authenticate_request(app, request, &app.token_endpoint, now)?;
+            let (token, expires_in, scope) =
+                sigil_issuer::token::issue(app, &client, &request.form, now)?;
+            std::hint::black_box(sigil_issuer::token::token_response_body(
+                &token, expires_in, &scope,
+            ));
+        }
+        count += requests.len() as u64;
+    }
+    Ok(count as f64 / started.elapsed().as_secs_f64())
+}
+
+fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let args = Args::parse();
+    let algorithms = args
+        .algorithms
+        .iter()
+        .map(|a| algorithm(a))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let token_algorithm = *algorithms.first().context("give at least one algorithm")?;
+    let client_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.client_threads)
+        .thread_name("bench-load")
+        .enable_all()
+        .build()?;
+    let rounds = args.rounds.max(1);
+    let slice = args.seconds / rounds as f64;
+
+    println!(
+        "# sigil-bench: {} server thread(s), {} load thread(s), {} connections, {} rounds of {:.2} s per measurement, {} cores online",
+        args.server_threads,
+        args.client_threads,
+        args.connections,
+        rounds,
+        slice,
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    println!(
+        "# Measurements are interleaved in rounds and the best round counts, so a noisy neighbour on a shared machine skews all of them alike."
+    );
+
+    // Servers: the bare baseline and the standalone issuer, each on its own runtime.
+    let baseline = Router::new().route(
+        "/baseline",
+        post(|body: Bytes| async move {
+            let _ = body.len();
+            (
+                [
+                    ("content-type", "application/json"),
+                    ("cache-control", "no-store"),
+                ],
+                r#"{"ok":true}"#,
+            )
+        }),
+    );
+    let (baseline_runtime, baseline_addr) = start_server(baseline, args.server_threads)?;
+    let dir = std::env::temp_dir().join(format!("sigil-bench-{}", std::process::id()));
+    let setup = Instant::now();
+    let (issuer_app, shots) =
+        standalone_issuer(&dir, args.clients, token_algorithm, &client_runtime)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!(
+        "(loaded {} clients from manifests in {:.2} s)",
+        args.clients,
+        setup.elapsed().as_secs_f64()
+    );
+    let (issuer_runtime, issuer_addr) =
+        start_server(app::api_router(issuer_app.clone()), args.server_threads)?;
+    let baseline_shot = Arc::new(vec![Shot {
+        authorization: None,
+        body: Bytes::from_static(b"grant_type=client_credentials"),
+    }]);
+    let shots = Arc::new(shots);
+
+    // Warm-up.
+    client_runtime.block_on(load(
+        baseline_addr,
+        "/baseline",
+        baseline_shot.clone(),
+        args.connections,
+        0.3,
+        None,
+    ))?;
+    client_runtime.block_on(load(
+        issuer_addr,
+        "/oauth2/token",
+        shots.clone(),
+        args.connections,
+        0.3,
+        None,
+    ))?;
+
+    let (mut sign, mut http, mut token, mut pipeline) = (vec![], vec![], vec![], vec![]);
+    let mut token_loads = Vec::new();
+    let mut http_loads = Vec::new();
+    for _ in 0..rounds {
+        sign.push(bare_signing(token_algorithm, slice.min(0.5))?);
+        pipeline.push(pipeline_rate(&issuer_app, &shots, slice.min(0.5))?);
+        let h = client_runtime.block_on(load(
+            baseline_addr,
+            "/baseline",
+            baseline_shot.clone(),
+            args.connections,
+            slice,
+            None,
+        ))?;
+        http.push(h.rate());
+        http_loads.push(h);
+        let t = client_runtime.block_on(load(
+            issuer_addr,
+            "/oauth2/token",
+            shots.clone(),
+            args.connections,
+            slice,
+            None,
+        ))?;
+        token.push(t.rate());
+        token_loads.push(t);
+    }
+    let best_token_load = token_loads
+        .iter()
+        .max_by(|a, b| a.rate().total_cmp(&b.rate()))
+        .context("a round")?;
+    let best_http_load = http_loads
+        .iter()
+        .max_by(|a, b| a.rate().total_cmp(&b.rate()))
+        .context("a round")?;
+    let half = client_runtime.block_on(load(
+        issuer_addr,
+        "/oauth2/token",
+        shots.clone(),
+        args.connections,
+        args.seconds.min(5.0),
+        Some(best(&token) / 2.0),
+    ))?;
+    baseline_runtime.shutdown_background();
+    issuer_runtime.shutdown_background();
+
+    println!();
+    println!("## 1. Bare signing with a pre-parsed key, one thread");
+    println!("| alg | signatures/s | µs/signature |");
+    println!("| --- | ---: | ---: |");
+    for alg in &algorithms {
+        let rate = if *alg == token_algorithm {
+            best(&sign)
+        } else {
+            bare_signing(*alg, 0.5)?
+        };
+        println!("| {} | {:.0} | {:.1} |", alg.as_str(), rate, 1e6 / rate);
+    }
+    println!();
+    println!(
+        "## 2. HTTP, {} keep-alive connections on loopback",
+        args.connections
+    );
+    println!("| what | best requests/s | median requests/s | p50 ms | p99 ms | errors |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| bare round trip (axum + hyper, form POST → small JSON) | {:.0} | {:.0} | {:.3} | {:.3} | {} |",
+        best(&http),
+        median(&http),
+        best_http_load.percentile_ms(0.5),
+        best_http_load.percentile_ms(0.99),
+        http_loads.iter().map(|l| l.errors).sum::<u64>()
+    );
+    println!(
+        "| POST /oauth2/token, standalone, {} clients, {}, client_secret_basic | {:.0} | {:.0} | {:.3} | {:.3} | {} |",
+        args.clients,
+        token_algorithm.as_str(),
+        best(&token),
+        median(&token),
+        best_token_load.percentile_ms(0.5),
+        best_token_load.percentile_ms(0.99),
+        token_loads.iter().map(|l| l.errors).sum::<u64>()
+    );
+    println!(
+        "| POST /oauth2/token at half the peak rate (paced) | {:.0} | – | {:.3} | {:.3} | {} |",
+        half.rate(),
+        half.percentile_ms(0.5),
+        half.percentile_ms(0.99),
+        half.errors
+    );
+    println!();
+    println!(
+        "token pipeline without HTTP (authenticate + narrow + claims + sign + body), one thread: best {:.0}/s ({:.1} µs each)",
+        best(&pipeline),
+        1e6 / best(&pipeline)
+    );
+
+    let floor = 1.0 / (1.0 / best(&sign) + 1.0 / best(&http));
+    let ratio = best(&token) / floor;
+    let p99 = half.percentile_ms(0.99);
+    println!();
+    println!("## Against DESIGN.md §9");
+    println!(
+        "floor = 1 / (1/{:.0} signatures/s + 1/{:.0} round trips/s) = {:.0} requests/s per server core",
+        best(&sign),
+        best(&http),
+        floor
+    );
+    println!(
+        "token endpoint: {:.0} requests/s = {:.0}% of the floor (target ≥ 75%: {}); p99 at half the peak rate = {:.3} ms (target < 2 ms: {})",
+        best(&token),
+        ratio * 100.0,
+        if ratio >= 0.75 { "met" } else { "NOT met" },
+        p99,
+        if p99 < 2.0 { "met" } else { "NOT met" },
+    );
+    let errors = token_loads.iter().map(|l| l.errors).sum::<u64>() + half.errors;
+    if errors > 0 {
+        anyhow::bail!(
+            "the token endpoint answered {errors} requests with errors during the benchmark"
+        );
+    }
+    Ok(())
+}
