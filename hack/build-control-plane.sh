@@ -88,39 +88,25 @@ GO
   )
 }
 
-# etcd's server module also has replace directives (to ../api etc.); its
-# sibling modules are published at the same version, so plain requires work.
-build_etcd() {
-  local dir="$WORK/etcd-$ETCD_VERSION"
+# etcd's server module also has replace directives (to ../api etc.), but its
+# sibling modules are published at the same version, so plain requires work;
+# helm needs nothing special. Both: a throwaway module, `go get`, `go build`.
+# Usage: build_module NAME MODULE@VERSION PACKAGE LDFLAGS
+build_module() {
+  local name=$1 module=$2 package=$3 ldflags=$4
+  local dir="$WORK/$name-${module##*@}"
   mkdir -p "$dir"
   (
     cd "$dir"
     if [ ! -f .resolved ]; then
       rm -f go.mod go.sum
-      go mod init sigil.local/etcd >/dev/null 2>&1
-      go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+      go mod init "sigil.local/$name" >/dev/null 2>&1
+      go get "$package@${module##*@}"
       touch .resolved
     fi
-    log "go build etcd ($ETCD_VERSION)"
-    go build -ldflags "-s -w" -o "$BIN/etcd.tmp" go.etcd.io/etcd/server/v3
-    mv "$BIN/etcd.tmp" "$BIN/etcd"
-  )
-}
-
-build_helm() {
-  local dir="$WORK/helm-$HELM_VERSION"
-  mkdir -p "$dir"
-  (
-    cd "$dir"
-    if [ ! -f .resolved ]; then
-      rm -f go.mod go.sum
-      go mod init sigil.local/helm >/dev/null 2>&1
-      go get "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-      touch .resolved
-    fi
-    log "go build helm ($HELM_VERSION)"
-    go build -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" -o "$BIN/helm.tmp" helm.sh/helm/v3/cmd/helm
-    mv "$BIN/helm.tmp" "$BIN/helm"
+    log "go build $name (${module##*@})"
+    go build -ldflags "$ldflags" -o "$BIN/$name.tmp" "$package"
+    mv "$BIN/$name.tmp" "$BIN/$name"
   )
 }
 
@@ -129,8 +115,10 @@ for b in "${need[@]}"; do
     kube-apiserver|kube-controller-manager|kubectl) build_kubernetes; break ;;
   esac
 done
-[ -x "$BIN/etcd" ] || build_etcd
-[ -x "$BIN/helm" ] || build_helm
+[ -x "$BIN/etcd" ] || build_module etcd "go.etcd.io/etcd/server/v3@$ETCD_VERSION" \
+  go.etcd.io/etcd/server/v3 "-s -w"
+[ -x "$BIN/helm" ] || build_module helm "helm.sh/helm/v3@$HELM_VERSION" \
+  helm.sh/helm/v3/cmd/helm "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 
 log "built into $BIN"
 echo "$BIN"
