@@ -7,7 +7,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use k8s_openapi::api::core::v1::ResourceRequirements;
 
+use crate::admission::{self, AdmissionState, ClientDirectory};
+use crate::agent::{self, AgentArgs, TokenArgs};
 use crate::app::{self, App, Settings};
 use crate::metrics::Metrics;
 use crate::standalone;
@@ -18,7 +21,8 @@ use crate::store::{Store, TokenTyp};
     name = "issuer",
     version,
     about = "Sigil's OAuth2 issuer: token, JWKS, discovery and introspection endpoints",
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -27,9 +31,27 @@ pub struct Cli {
     pub serve: ServeArgs,
 }
 
-/// Subcommands other than serving (the token agent comes later).
+/// Subcommands other than serving.
 #[derive(Subcommand, Debug)]
-pub enum Command {}
+pub enum Command {
+    /// The token agent sidecar: keeps a fresh access token in
+    /// <output-dir>/token next to a copy of the credential files.
+    Agent(AgentArgs),
+    /// Prints one access token for the credentials in a folder.
+    Token(TokenArgs),
+}
+
+/// The agent sidecar's resources when the chart gives none.
+const DEFAULT_AGENT_RESOURCES: &str =
+    r#"{"requests":{"cpu":"10m","memory":"16Mi"},"limits":{"memory":"64Mi"}}"#;
+
+fn parse_resources(json: &str) -> Result<ResourceRequirements, String> {
+    serde_json::from_str(json).map_err(|e| {
+        format!(
+            "not a JSON ResourceRequirements ({{\"requests\":{{...}},\"limits\":{{...}}}}): {e}"
+        )
+    })
+}
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -90,6 +112,28 @@ pub struct ServeArgs {
     /// and per client id before 429.
     #[arg(long, env = "SIGIL_FAILED_AUTH_PER_MINUTE", default_value = "60")]
     pub failed_auth_per_minute: NonZeroU32,
+
+    /// Image of the token agent sidecar the pod webhook injects (the
+    /// issuer's own image: `issuer agent`).
+    #[arg(
+        long,
+        env = "SIGIL_AGENT_IMAGE",
+        default_value = concat!("ghcr.io/sigil-dev/sigil-issuer:", env!("CARGO_PKG_VERSION"))
+    )]
+    pub agent_image: String,
+
+    /// imagePullPolicy of the agent sidecar; unset: Kubernetes' default.
+    #[arg(long, env = "SIGIL_AGENT_IMAGE_PULL_POLICY", value_parser = ["Always", "IfNotPresent", "Never"])]
+    pub agent_image_pull_policy: Option<String>,
+
+    /// Resources of the agent sidecar, as JSON ResourceRequirements
+    /// (`{"requests":{"cpu":"10m"},"limits":{"memory":"64Mi"}}`; `{}` for none).
+    #[arg(long, env = "SIGIL_AGENT_RESOURCES", value_parser = parse_resources, default_value = DEFAULT_AGENT_RESOURCES)]
+    pub agent_resources: ResourceRequirements,
+
+    /// Port of the agent sidecar's /readyz and /healthz inside the pod.
+    #[arg(long, env = "SIGIL_AGENT_HEALTH_PORT", default_value_t = 8099)]
+    pub agent_health_port: u16,
 }
 
 impl ServeArgs {
@@ -100,6 +144,20 @@ impl ServeArgs {
             failed_auth_per_minute: self.failed_auth_per_minute,
         }
     }
+
+    /// What the pod webhook injects.
+    pub fn injection_config(&self) -> crate::webhook::InjectionConfig {
+        let resources =
+            Some(self.agent_resources.clone()).filter(|r| *r != ResourceRequirements::default());
+        crate::webhook::InjectionConfig {
+            issuer_url: self.issuer_url.clone(),
+            token_url: format!("{}/oauth2/token", self.issuer_url),
+            agent_image: self.agent_image.clone(),
+            agent_image_pull_policy: self.agent_image_pull_policy.clone(),
+            agent_resources: resources,
+            agent_health_port: self.agent_health_port,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +166,8 @@ pub enum RunError {
     Serve(#[from] app::ServeError),
     #[error(transparent)]
     Standalone(#[from] standalone::StandaloneError),
+    #[error(transparent)]
+    Agent(#[from] agent::AgentError),
     #[error("cannot reach the cluster (in-cluster config, KUBECONFIG or ~/.kube/config): {0}")]
     Kube(#[from] kube::Error),
     #[error(
@@ -124,6 +184,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), RunError> {
     let store = Arc::new(Store::new(&args.signing_key));
     let metrics = Arc::new(Metrics::new());
     let app = Arc::new(App::new(store.clone(), metrics.clone(), &args.settings())?);
+    // The pod webhook, in cluster mode only (it needs the OAuthClient watch).
+    let mut webhook = None;
 
     if let (Some(manifests_dir), Some(secrets_file)) = (&args.manifests, &args.secrets) {
         let manifests = standalone::load_manifests(manifests_dir)?;
@@ -152,17 +214,27 @@ pub async fn serve(args: ServeArgs) -> Result<(), RunError> {
         );
     } else {
         let client = kube::Client::try_default().await?;
+        let directory = Arc::new(ClientDirectory::default());
+        webhook = Some(admission::router(Arc::new(AdmissionState {
+            directory: directory.clone(),
+            config: args.injection_config(),
+            metrics: metrics.clone(),
+        })));
         tokio::spawn(crate::cluster::run(
             client,
             args.namespace.clone(),
             store.clone(),
             metrics,
+            directory,
         ));
     }
 
     app::spawn_housekeeping(app.clone());
     let health = app::serve_plain(args.health_listen, app::health_router(app.clone()));
-    let api = app::api_router(app);
+    let mut api = app::api_router(app);
+    if let Some(webhook) = webhook {
+        api = api.merge(webhook);
+    }
     let api = async {
         match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => app::serve_tls(args.listen, api, cert, key).await,

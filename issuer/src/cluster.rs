@@ -15,6 +15,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use sigil_crds::{OAuthClient, SigningKey};
 
+use crate::admission::ClientDirectory;
 use crate::metrics::{Metrics, ResourceLabel};
 use crate::store::{ObjectKey, Store};
 
@@ -72,12 +73,14 @@ impl Health {
     }
 }
 
-/// Runs the three watches until the process ends.
+/// Runs the three watches until the process ends. The OAuthClient watch
+/// also feeds the admission webhook's `directory`.
 pub async fn run(
     client: kube::Client,
     namespace: String,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
+    directory: Arc<ClientDirectory>,
 ) {
     let health = Arc::new(Health {
         store: store.clone(),
@@ -90,6 +93,7 @@ pub async fn run(
     let clients = watch_clients(
         watcher::watcher(Api::<OAuthClient>::all(client.clone()), config.clone()).default_backoff(),
         store.clone(),
+        directory,
         health.clone(),
     );
     let keys = watch_signing_keys(
@@ -112,6 +116,7 @@ pub async fn run(
 async fn watch_clients(
     stream: impl Stream<Item = Result<Event<OAuthClient>, watcher::Error>>,
     store: Arc<Store>,
+    directory: Arc<ClientDirectory>,
     health: Arc<Health>,
 ) {
     let mut stream = std::pin::pin!(stream);
@@ -122,17 +127,20 @@ async fn watch_clients(
             Ok(Event::InitApply(client)) => listing.push(client),
             Ok(Event::InitDone) => {
                 store.replace_clients(&listing);
+                directory.replace(&listing);
                 tracing::info!(clients = store.client_count(), "listed OAuthClients");
                 listing = Vec::new();
                 health.listed(0);
             }
             Ok(Event::Apply(client)) => {
                 store.upsert_client(&client);
+                directory.upsert(&client);
                 tracing::debug!(client = %ObjectKey::of(&client.metadata), "OAuthClient updated");
                 health.connected(0);
             }
             Ok(Event::Delete(client)) => {
                 store.remove_client(&ObjectKey::of(&client.metadata));
+                directory.remove(&ObjectKey::of(&client.metadata));
                 tracing::info!(client = %ObjectKey::of(&client.metadata), "OAuthClient deleted");
                 health.connected(0);
             }

@@ -2,6 +2,8 @@
 //! of DESIGN.md §6, served from in-memory indexes that cluster watches or
 //! standalone manifests feed.
 
+pub mod admission;
+pub mod agent;
 pub mod app;
 pub mod cli;
 pub mod cluster;

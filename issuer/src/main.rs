@@ -1,5 +1,6 @@
-use clap::Parser;
-use sigil_issuer::cli::{Cli, serve};
+use clap::{CommandFactory, FromArgMatches};
+use sigil_issuer::agent::{print_token, run_agent};
+use sigil_issuer::cli::{Cli, Command, ServeArgs, serve};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -12,10 +13,16 @@ async fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let cli = Cli::parse();
-    let result = match cli.command {
-        None => serve(cli.serve).await,
-        Some(command) => match command {},
+    let matches = Cli::command().get_matches();
+    // Build only what was asked for: the derived `Cli` would demand the
+    // server's required flags (--issuer-url) from `agent` and `token` too.
+    let result = if matches.subcommand_name().is_some() {
+        match Command::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()) {
+            Command::Agent(args) => run_agent(args).await.map_err(Into::into),
+            Command::Token(args) => print_token(args).await.map_err(Into::into),
+        }
+    } else {
+        serve(ServeArgs::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())).await
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -29,6 +29,8 @@ pub struct Metrics {
     /// issuer serves from its caches only. Always 1 in standalone mode.
     pub apiserver_connected: Gauge,
     pub watch_errors: Family<ResourceLabel, Counter>,
+    /// Admission reviews of the pod webhook, by outcome.
+    pub admission_reviews: Family<ResultLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -85,6 +87,12 @@ impl Metrics {
             "Errors of the API server watches, by resource",
             watch_errors.clone(),
         );
+        let admission_reviews = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "admission_reviews",
+            "Pod admission reviews by result (patched, unchanged, refused, not_synced, ignored, invalid)",
+            admission_reviews.clone(),
+        );
         Metrics {
             registry,
             token_requests,
@@ -94,6 +102,7 @@ impl Metrics {
             published_keys,
             apiserver_connected,
             watch_errors,
+            admission_reviews,
         }
     }
 
