@@ -15,6 +15,7 @@ pub mod leader;
 pub mod metrics;
 pub mod reconcile;
 pub mod watch;
+pub mod webhook_tls;
 
 pub use context::{Context, Error};
 

@@ -10,7 +10,7 @@ use futures::FutureExt;
 use sigil_operator::config::{Args, LogFormat};
 use sigil_operator::health::{self, Health};
 use sigil_operator::metrics::Metrics;
-use sigil_operator::{controller, leader};
+use sigil_operator::{controller, leader, webhook_tls};
 use tokio::sync::watch;
 
 #[tokio::main]
@@ -77,6 +77,9 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         "starting"
     );
 
+    // Refuse bad TLS flags now, not once this replica leads.
+    webhook_tls::TlsConfig::from_args(&args)?;
+
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     let bound = health::serve(args.health_listen, health.clone(), metrics.clone()).await?;
@@ -128,14 +131,20 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     metrics.leader.set(1);
 
     let controllers = controller::run(
-        client,
+        client.clone(),
         &args,
         metrics.clone(),
         health.clone(),
         stopped.clone(),
     );
+    // The issuer's serving TLS, written by the leader only.
+    let webhook_tls = async {
+        if let Err(error) = webhook_tls::run(client, &args, stopped.clone()).await {
+            tracing::error!(%error, "webhook TLS management stopped");
+        }
+    };
     let outcome = tokio::select! {
-        () = controllers => Ok(()),
+        ((), ()) = futures::future::join(controllers, webhook_tls) => Ok(()),
         _ = leading.wait_for(|l| !*l) => {
             // Another replica may write from now on: stop at once, and let
             // the process restart as a standby.
