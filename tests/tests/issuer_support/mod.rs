@@ -1,0 +1,347 @@
+//! Helpers of the issuer end-to-end tests: start the `issuer` binary, talk
+//! HTTP/1.1 to it on loopback, and run the Go and Node interop verifiers
+//! (tests/interop/), which install from the Go module proxy and npm.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::OnceCell;
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A scratch folder removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(prefix: &str) -> Scratch {
+        let path = std::env::temp_dir().join(format!("{prefix}-{:08x}", rand::random::<u32>()));
+        std::fs::create_dir_all(&path).expect("scratch folder");
+        Scratch(path)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `issuer` process, killed on drop.
+pub struct IssuerProcess {
+    pub child: Child,
+    pub base_url: String,
+    pub health_url: String,
+    pub log: PathBuf,
+}
+
+impl Drop for IssuerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl IssuerProcess {
+    /// Starts `issuer` with `args` plus --listen/--health-listen/--issuer-url
+    /// on free loopback ports; stdout+stderr go to `log`.
+    pub fn start(args: &[&str], env: &[(&str, &str)], log: &Path) -> IssuerProcess {
+        let port = free_port();
+        let health_port = free_port();
+        let base_url = format!("http://127.0.0.1:{port}");
+        let log_file = std::fs::File::create(log).expect("log file");
+        let mut command = Command::new(sigil_tests::binary("issuer"));
+        command
+            .args(args)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--health-listen", &format!("127.0.0.1:{health_port}")])
+            .args(["--issuer-url", &base_url])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log file"))
+            .stderr(log_file);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        IssuerProcess {
+            child: command.spawn().expect("starting the issuer"),
+            base_url,
+            health_url: format!("http://127.0.0.1:{health_port}"),
+            log: log.to_owned(),
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until /readyz answers 200.
+    pub async fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the issuer exited with {status}:\n{}", self.log_text());
+            }
+            if let Ok(reply) = get(&format!("{}/readyz", self.health_url)).await
+                && reply.status == 200
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the issuer was not ready within {timeout:?}:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn token_url(&self) -> String {
+        format!("{}/oauth2/token", self.base_url)
+    }
+
+    pub fn jwks_url(&self) -> String {
+        format!("{}/.well-known/jwks.json", self.base_url)
+    }
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// One HTTP/1.1 request over a fresh loopback connection.
+pub async fn request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<Reply> {
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let mut stream = tokio::net::TcpStream::connect(authority).await?;
+    let mut text = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        text.push_str(&format!("{name}: {value}\r\n"));
+    }
+    text.push_str("\r\n");
+    text.push_str(body);
+    stream.write_all(text.as_bytes()).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .map_err(|_| std::io::Error::other("timed out"))??;
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Ok(Reply {
+        status,
+        headers,
+        body: body.to_owned(),
+    })
+}
+
+pub async fn get(url: &str) -> std::io::Result<Reply> {
+    request("GET", url, &[], "").await
+}
+
+pub fn basic(id: &str, secret: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
+    )
+}
+
+/// POSTs a token request with Basic credentials.
+pub async fn token_basic(token_url: &str, id: &str, secret: &str, form: &str) -> Reply {
+    request(
+        "POST",
+        token_url,
+        &[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("authorization", &basic(id, secret)),
+        ],
+        form,
+    )
+    .await
+    .expect("token request")
+}
+
+/// POSTs a token request with the credentials in the body.
+pub async fn token_post(token_url: &str, id: &str, secret: &str, form: &str) -> Reply {
+    request(
+        "POST",
+        token_url,
+        &[("content-type", "application/x-www-form-urlencoded")],
+        &format!("{form}&client_id={id}&client_secret={secret}"),
+    )
+    .await
+    .expect("token request")
+}
+
+pub fn decode_jwt_claims(token: &str) -> serde_json::Value {
+    use base64::Engine;
+    let part = token.split('.').nth(1).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .expect("base64url claims");
+    serde_json::from_slice(&bytes).expect("JSON claims")
+}
+
+fn interop_dir(language: &str) -> PathBuf {
+    sigil_tests::cluster::workspace_root()
+        .join("tests/interop")
+        .join(language)
+}
+
+static GO_BINARY: OnceCell<PathBuf> = OnceCell::const_new();
+static NODE_READY: OnceCell<()> = OnceCell::const_new();
+
+/// Builds the Go verifier once (modules from the Go proxy).
+pub async fn go_verifier() -> PathBuf {
+    GO_BINARY
+        .get_or_init(|| async {
+            let out =
+                sigil_tests::cluster::workspace_root().join("target/interop/sigil-interop-go");
+            let status = tokio::process::Command::new("go")
+                .args(["build", "-o"])
+                .arg(&out)
+                .arg(".")
+                .current_dir(interop_dir("go"))
+                .status()
+                .await
+                .expect("running `go build` (is Go installed?)");
+            assert!(status.success(), "building tests/interop/go failed");
+            out
+        })
+        .await
+        .clone()
+}
+
+/// Installs the Node verifier's dependencies once (`npm ci`, from npm).
+pub async fn node_ready() {
+    NODE_READY
+        .get_or_init(|| async {
+            let status = tokio::process::Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund"])
+                .current_dir(interop_dir("node"))
+                .status()
+                .await
+                .expect("running `npm ci` (is Node installed?)");
+            assert!(status.success(), "npm ci in tests/interop/node failed");
+        })
+        .await;
+}
+
+/// Runs a verifier command; returns its JSON report (and panics with its
+/// output if it printed none).
+async fn run_json(mut command: tokio::process::Command, what: &str) -> serde_json::Value {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("running the {what} verifier: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|_| {
+        panic!(
+            "the {what} verifier printed no report (exit {}):\nstdout: {stdout}\nstderr: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+/// What the interop verifiers are asked to do.
+pub struct VerifyRun<'a> {
+    pub token_url: &'a str,
+    pub jwks_url: &'a str,
+    pub issuer: &'a str,
+    pub client_id: &'a str,
+    pub secret_file: &'a Path,
+    pub audience: &'a str,
+    pub scope: &'a str,
+    /// Go: header, params or auto; Node: basic or post.
+    pub auth: &'a str,
+    pub duration: Duration,
+    pub interval: Duration,
+    pub jwks_refresh: Duration,
+}
+
+pub async fn run_go(run: &VerifyRun<'_>) -> serde_json::Value {
+    let mut command = tokio::process::Command::new(go_verifier().await);
+    command
+        .args(["-token-url", run.token_url, "-jwks-url", run.jwks_url])
+        .args(["-issuer", run.issuer, "-client-id", run.client_id])
+        .arg("-client-secret-file")
+        .arg(run.secret_file)
+        .args([
+            "-audience",
+            run.audience,
+            "-scopes",
+            run.scope,
+            "-auth-style",
+            run.auth,
+        ])
+        .arg(format!("-duration={}ms", run.duration.as_millis()))
+        .arg(format!("-interval={}ms", run.interval.as_millis()))
+        .arg(format!("-jwks-refresh={}ms", run.jwks_refresh.as_millis()));
+    run_json(command, "Go").await
+}
+
+pub async fn run_node(run: &VerifyRun<'_>) -> serde_json::Value {
+    node_ready().await;
+    let mut command = tokio::process::Command::new("node");
+    command
+        .current_dir(interop_dir("node"))
+        .arg("verify.mjs")
+        .args(["--token-url", run.token_url, "--jwks-url", run.jwks_url])
+        .args(["--issuer", run.issuer, "--client-id", run.client_id])
+        .arg("--client-secret-file")
+        .arg(run.secret_file)
+        .args(["--audience", run.audience, "--auth", run.auth])
+        .args(["--duration-ms", &run.duration.as_millis().to_string()])
+        .args(["--interval-ms", &run.interval.as_millis().to_string()])
+        .args(["--jwks-cache-ms", &run.jwks_refresh.as_millis().to_string()]);
+    if !run.scope.is_empty() {
+        command.args(["--scope", run.scope]);
+    }
+    run_json(command, "Node").await
+}
