@@ -185,6 +185,9 @@ pub async fn run(
                     return Ok(());
                 }
                 // Our own writes come back as a burst of events: one pass.
+                // The pause also bounds a fight with another writer of the
+                // same caBundle to a few writes a second.
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 while let Some(Some(_)) = changes.next().now_or_never() {}
             }
             () = tokio::time::sleep_until(wake) => {}
