@@ -124,6 +124,9 @@ async fn operator_and_issuer_work_with_exactly_the_charts_rbac() {
             format!("--issuer-url={issuer_url}"),
             format!("--namespace={ns}"),
             format!("--health-listen={operator_health}"),
+            // As the chart passes it with webhook.enabled=false (no
+            // webhook configuration, so no RBAC for one).
+            "--webhook-config=".to_owned(),
         ],
         &[("KUBECONFIG", operator_kubeconfig.display().to_string())],
         &logs.join(format!("{ns}-operator.log")),
