@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use sigil_tests::cluster::TestCluster;
@@ -564,6 +564,248 @@ async fn ca_rotation_goes_through_three_phases_an_overlap_apart() {
         seen[1].at
     );
     operator.stop().await;
+    let _ = webhooks
+        .delete(&webhook_name, &DeleteParams::default())
+        .await;
+}
+
+/// Copies the serving certificate and key from the Secret to files, as the
+/// kubelet does for a mounted Secret (atomically: write, then rename), every
+/// 200 ms.
+fn sync_files(secrets: Api<Secret>, dir: PathBuf) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last: Option<Tls> = None;
+        loop {
+            if let Some(tls) = read_tls(&secrets).await
+                && last.as_ref() != Some(&tls)
+            {
+                for (name, text) in [("tls.key", &tls.key), ("tls.crt", &tls.cert)] {
+                    let staged = dir.join(format!(".{name}.new"));
+                    std::fs::write(&staged, text).expect("staging a TLS file");
+                    std::fs::rename(&staged, dir.join(name)).expect("replacing a TLS file");
+                }
+                last = Some(tls);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+#[tokio::test]
+async fn no_pod_admission_fails_during_a_ca_rotation() {
+    let cluster = TestCluster::shared().await;
+    let client = cluster.client().await;
+    let ns = cluster.namespace("wtls-adm").await;
+    let app = cluster.namespace("wtls-app").await;
+    let dir = scratch(cluster, &ns);
+    let logs = cluster.control_plane.dir().join("logs");
+
+    // The default SigningKey the issuer needs to be ready.
+    let keys: Api<sigil_crds::SigningKey> = Api::namespaced(client.clone(), &ns);
+    keys.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "apiVersion": "sigil.dev/v1alpha1", "kind": "SigningKey",
+            "metadata": {"name": "default"}, "spec": {},
+        }))
+        .expect("SigningKey"),
+    )
+    .await
+    .expect("creating the SigningKey");
+
+    // Overlap 15 s: covers the 0.2 s file sync and the issuer's 10 s reload.
+    // CA 90 s (the minimum, 6 overlaps): rotation starts ~57 s after it.
+    let overlap = Duration::from_secs(15);
+    let issuer_addr = free_addr().expect("free port");
+    let issuer_url = format!("https://{issuer_addr}");
+    let mut args = vec![
+        format!("--issuer-url={issuer_url}"),
+        format!("--namespace={ns}"),
+        format!("--watch-namespaces={app}"),
+        format!("--health-listen={}", free_addr().expect("free port")),
+        format!("--webhook-config=sigil-test-{ns}"),
+        format!("--issuer-service={SERVICE}"),
+        format!("--tls-secret={TLS_SECRET}"),
+        "--tls-extra-sans=127.0.0.1".to_owned(),
+        "--tls-ca-validity=90s".to_owned(),
+        "--tls-overlap=15s".to_owned(),
+        "--log-format=text".to_owned(),
+    ];
+    let mut operator = Process::spawn(
+        "operator",
+        &sigil_tests::binary("operator"),
+        &args,
+        &[("KUBECONFIG", cluster.kubeconfig().display().to_string())],
+        &logs.join(format!("{ns}-operator.log")),
+    )
+    .expect("starting the operator");
+    args.clear();
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let first = eventually(Duration::from_secs(30), "the issuer's TLS Secret", || {
+        let secrets = secrets.clone();
+        async move { read_tls(&secrets).await }
+    })
+    .await;
+    let ca_made = Instant::now();
+    let first_ca = name_of(&first.bundle, "-subject");
+    let sync = sync_files(secrets.clone(), dir.clone());
+    eventually(Duration::from_secs(10), "the TLS files", || {
+        let cert = dir.join("tls.crt");
+        async move { cert.exists().then_some(()) }
+    })
+    .await;
+
+    let health = free_addr().expect("free port");
+    let mut issuer = Process::spawn(
+        "issuer",
+        &sigil_tests::binary("issuer"),
+        &[
+            format!("--issuer-url={issuer_url}"),
+            format!("--listen={issuer_addr}"),
+            format!("--health-listen={health}"),
+            format!("--namespace={ns}"),
+            format!("--tls-cert={}", dir.join("tls.crt").display()),
+            format!("--tls-key={}", dir.join("tls.key").display()),
+        ],
+        &[
+            ("KUBECONFIG", cluster.kubeconfig().display().to_string()),
+            ("RUST_LOG", "info".to_owned()),
+        ],
+        &logs.join(format!("{ns}-issuer.log")),
+    )
+    .expect("starting the issuer");
+    issuer
+        .wait_http_ok(health, "/readyz", Duration::from_secs(60))
+        .await
+        .expect("issuer ready");
+
+    // A Ready client for the pods to name.
+    let clients: Api<sigil_crds::OAuthClient> = Api::namespaced(client.clone(), &app);
+    clients
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "sigil.dev/v1alpha1", "kind": "OAuthClient",
+                "metadata": {"name": "orders"},
+                "spec": {"scopes": ["orders.read"], "audiences": ["orders"]},
+            }))
+            .expect("OAuthClient"),
+        )
+        .await
+        .expect("creating the OAuthClient");
+    eventually(Duration::from_secs(30), "the OAuthClient Ready", || {
+        let clients = clients.clone();
+        async move {
+            let c = clients.get("orders").await.ok()?;
+            c.status?
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+                .then_some(())
+        }
+    })
+    .await;
+
+    // The webhook, for the app namespace only, at the issuer.
+    let webhook_name = format!("sigil-test-{ns}");
+    let webhooks: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    webhooks
+        .create(
+            &PostParams::default(),
+            &webhook_config(
+                &webhook_name,
+                &format!("{issuer_url}/webhooks/pods"),
+                Some(&app),
+            ),
+        )
+        .await
+        .expect("creating the webhook configuration");
+    eventually(Duration::from_secs(10), "caBundle on the webhooks", || {
+        let webhooks = webhooks.clone();
+        let (name, want) = (webhook_name.clone(), first.bundle.clone());
+        async move {
+            let bundles = ca_bundles(&webhooks, &name).await;
+            bundles.iter().all(|b| *b == want).then_some(())
+        }
+    })
+    .await;
+
+    // Pods, one after another, until the first CA has left the bundle and
+    // the issuer had time to reload after that.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &app);
+    let mut created = 0u32;
+    let mut failures: Vec<String> = Vec::new();
+    let mut phases: Vec<(Duration, usize, bool)> = Vec::new();
+    let mut done_at: Option<Instant> = None;
+    let started = Instant::now();
+    loop {
+        operator.check_running().expect("operator running");
+        issuer.check_running().expect("issuer running");
+        let pod: Pod = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "generateName": "rotation-",
+                "annotations": {"sigil.dev/client": "orders"},
+            },
+            "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]},
+        }))
+        .expect("Pod");
+        match pods.create(&PostParams::default(), &pod).await {
+            Ok(pod) => {
+                created += 1;
+                let injected = pod
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .is_some_and(|a| a.contains_key("sigil.dev/injected"));
+                assert!(
+                    injected,
+                    "a pod was admitted without the webhook's mutation"
+                );
+            }
+            Err(error) => failures.push(format!("{:?}: {error}", started.elapsed())),
+        }
+        if let Some(tls) = read_tls(&secrets).await {
+            let cas = pem_blocks(&tls.bundle).len();
+            let from_first = name_of(&tls.cert, "-issuer") == first_ca;
+            if phases
+                .last()
+                .is_none_or(|(_, c, f)| (*c, *f) != (cas, from_first))
+            {
+                phases.push((started.elapsed(), cas, from_first));
+            }
+            if cas == 1 && !from_first && done_at.is_none() {
+                done_at = Some(Instant::now());
+            }
+        }
+        // After the old CA left: one more reload period of the issuer.
+        if done_at.is_some_and(|at| at.elapsed() > Duration::from_secs(12)) {
+            break;
+        }
+        assert!(
+            ca_made.elapsed() < Duration::from_secs(150),
+            "no complete rotation: {phases:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sync.abort();
+    let reloads = std::fs::read_to_string(issuer.log())
+        .unwrap_or_default()
+        .matches("reloaded the TLS certificate")
+        .count();
+    eprintln!(
+        "{created} pods admitted during a CA rotation (overlap {overlap:?}), {} failed; phases {phases:?}; \
+         the issuer reloaded its certificate {reloads} times",
+        failures.len()
+    );
+    assert!(failures.is_empty(), "failed admissions: {failures:#?}");
+    let shape: Vec<(usize, bool)> = phases.iter().map(|(_, c, f)| (*c, *f)).collect();
+    assert_eq!(shape, [(1, true), (2, true), (2, false), (1, false)]);
+    assert!(reloads >= 2, "the issuer reloaded {reloads} times");
+    assert!(created > 100, "only {created} pods");
+    operator.stop().await;
+    issuer.stop().await;
     let _ = webhooks
         .delete(&webhook_name, &DeleteParams::default())
         .await;
