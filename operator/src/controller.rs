@@ -9,11 +9,11 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
-use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher::{self, Event};
+use kube::runtime::{PredicateConfig, WatchStreamExt, predicates};
 use sigil_crds::{CONDITION_READY, MANAGED_BY_LABEL, MANAGED_BY_VALUE, OAuthClient, SigningKey};
 
 use crate::config::Args;
@@ -80,12 +80,16 @@ pub async fn run(
                 .as_ref()
                 .and_then(|s| s.conditions.iter().find(|c| c.type_ == CONDITION_READY))
                 .is_some_and(|c| c.reason == oauth_client::REASON_DUPLICATE);
-            if duplicate || peer.client_id() == id {
+            if duplicate || oauth_client::claims_client_id(&peer, &id) {
                 let _ = peer_tx.unbounded_send(ObjectRef::from_obj(peer.as_ref()));
             }
         }
     })
-    .applied_objects();
+    .applied_objects()
+    // Our own status writes change no generation: they need no reconcile.
+    // (Secret edits, rotations and clientId conflicts have triggers of
+    // their own.)
+    .predicate_filter(predicates::generation, PredicateConfig::default());
 
     // Owned Secrets, by metadata only: an edit or a deletion triggers the
     // owner at once.

@@ -141,3 +141,87 @@ where
         });
     reflector::reflector(writer, events)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sigil_crds::OAuthClient;
+
+    fn dynamic(name: &str, namespace: &str, spec: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "sigil.dev/v1alpha1",
+            "kind": "OAuthClient",
+            "metadata": { "name": name, "namespace": namespace, "uid": name },
+            "spec": spec,
+        }))
+        .expect("dynamic object")
+    }
+
+    #[test]
+    fn an_undecodable_object_is_skipped_and_the_rest_flows() {
+        let metrics = Metrics::new();
+        let health = Health::default();
+        let scope = Scope::All;
+        let good = dynamic("good", "a", serde_json::json!({ "scopes": ["x"] }));
+        let bad = dynamic("bad", "a", serde_json::json!({ "scopes": "not a list" }));
+        let decoded: Option<Event<OAuthClient>> =
+            decode_event(Event::Apply(good), "OAuthClient", &metrics, &health, &scope);
+        assert!(
+            matches!(decoded, Some(Event::Apply(c)) if c.metadata.name.as_deref() == Some("good"))
+        );
+        let skipped: Option<Event<OAuthClient>> = decode_event(
+            Event::InitApply(bad),
+            "OAuthClient",
+            &metrics,
+            &health,
+            &scope,
+        );
+        assert!(skipped.is_none());
+        let text = metrics.encode().expect("metrics");
+        assert!(
+            text.contains("sigil_operator_undecodable_objects_total{kind=\"OAuthClient\"} 1"),
+            "{text}"
+        );
+        // Init/InitDone pass, and InitDone marks the kind listed.
+        let done: Option<Event<OAuthClient>> =
+            decode_event(Event::InitDone, "OAuthClient", &metrics, &health, &scope);
+        assert!(matches!(done, Some(Event::InitDone)));
+        health
+            .leading
+            .store(true, std::sync::atomic::Ordering::Release);
+        assert!(!health.ready(), "SigningKeys not listed yet");
+        let _: Option<Event<sigil_crds::SigningKey>> =
+            decode_event(Event::InitDone, "SigningKey", &metrics, &health, &scope);
+        assert!(health.ready());
+    }
+
+    #[test]
+    fn several_namespaces_are_filtered_client_side() {
+        let metrics = Metrics::new();
+        let health = Health::default();
+        let scope = Scope::from_list(&["a".to_owned(), " b ".to_owned(), String::new()]);
+        assert!(matches!(&scope, Scope::Namespaces(set) if set.len() == 2));
+        let outside = dynamic("x", "c", serde_json::json!({}));
+        let inside = dynamic("y", "b", serde_json::json!({}));
+        let out: Option<Event<OAuthClient>> = decode_event(
+            Event::Apply(outside),
+            "OAuthClient",
+            &metrics,
+            &health,
+            &scope,
+        );
+        assert!(out.is_none());
+        let kept: Option<Event<OAuthClient>> = decode_event(
+            Event::Apply(inside),
+            "OAuthClient",
+            &metrics,
+            &health,
+            &scope,
+        );
+        assert!(kept.is_some());
+        assert!(matches!(Scope::from_list(&[]), Scope::All));
+        assert!(
+            matches!(Scope::from_list(&["only".to_owned()]), Scope::Namespace(ns) if ns == "only")
+        );
+    }
+}

@@ -7,7 +7,8 @@
 //! namespace(s), so the tests of this binary share one control plane.
 //!
 //! The 1,000-client benchmark is `bench_1000_oauth_clients` (ignored by
-//! default): `cargo test -p sigil-tests --test operator -- --ignored --nocapture bench`.
+//! default): `cargo test -p sigil-tests --test operator -- --ignored --nocapture bench`
+//! (set `SIGIL_OPERATOR_BIN=target/release/operator` to measure a release build).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -51,7 +52,12 @@ impl Operator {
             .append(true)
             .open(&log)
             .expect("operator log file");
-        let child = Command::new(sigil_tests::binary("operator"))
+        // SIGIL_OPERATOR_BIN picks another build (e.g. target/release/operator
+        // for the benchmark).
+        let binary = std::env::var_os("SIGIL_OPERATOR_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| sigil_tests::binary("operator"));
+        let child = Command::new(binary)
             .args(["--issuer-url", ISSUER_URL, "--namespace", namespace])
             .args(["--watch-namespaces", &watch.join(",")])
             .args(["--health-listen", &format!("127.0.0.1:{health_port}")])
@@ -79,6 +85,17 @@ impl Operator {
     /// The text of /metrics, if the operator serves it.
     async fn metrics(&self) -> Option<String> {
         http_get(self.health_port, "/metrics").await
+    }
+
+    /// CPU seconds (user + system) used so far, from /proc.
+    fn cpu_seconds(&self) -> Option<f64> {
+        let pid = self.child.id()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name, which ends with ')'.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        Some(ticks as f64 / 100.0)
     }
 
     /// Peak resident memory (VmHWM) in KiB, from /proc.
@@ -1179,6 +1196,7 @@ async fn bench_1000_oauth_clients() {
     })
     .await;
     let api: Api<OAuthClient> = Api::namespaced(client.clone(), &ns);
+    let cpu_before = operator.cpu_seconds().unwrap_or(0.0);
     let started = Instant::now();
     let creates = (0..COUNT).map(|i| {
         let api = api.clone();
@@ -1210,25 +1228,36 @@ async fn bench_1000_oauth_clients() {
             .iter()
             .filter(|c| ready_reason(c).is_some_and(|(s, _)| s == "True"))
             .count();
-        let with_secrets = secrets
+        let names: BTreeSet<String> = secrets
             .list_metadata(&ListParams::default().labels("app.kubernetes.io/managed-by=sigil"))
             .await
             .expect("list")
             .items
-            .len();
+            .into_iter()
+            .map(|s| s.name_any())
+            .collect();
+        let with_secrets = (0..COUNT)
+            .filter(|i| names.contains(&format!("client-{i:04}-oauth")))
+            .count();
         if ready == COUNT && with_secrets == COUNT {
+            if names.len() != COUNT {
+                let extra: Vec<&String> =
+                    names.iter().filter(|n| !n.starts_with("client-")).collect();
+                eprintln!("other Sigil Secrets in the namespace: {extra:?}");
+            }
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(300),
+            started.elapsed() < Duration::from_secs(120),
             "only {ready} ready, {with_secrets} secrets"
         );
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let all_ready = started.elapsed();
     let peak = operator.peak_rss_kib().unwrap_or(0);
+    let cpu = operator.cpu_seconds().unwrap_or(0.0) - cpu_before;
     eprintln!(
-        "BENCH operator: {COUNT} OAuthClients created in {:.1}s; all Ready with Secrets after {:.1}s; operator peak RSS {:.1} MiB",
+        "BENCH operator: {COUNT} OAuthClients created in {:.1}s; all Ready with Secrets after {:.1}s; operator peak RSS {:.1} MiB, {cpu:.1} CPU s",
         applied.as_secs_f64(),
         all_ready.as_secs_f64(),
         peak as f64 / 1024.0

@@ -258,6 +258,22 @@ pub fn plan_credentials(
     })
 }
 
+/// Whether `client` claims `client_id`, without allocating (this runs for
+/// every pair of clients when thousands are created together).
+pub fn claims_client_id(client: &OAuthClient, client_id: &str) -> bool {
+    match &client.spec.client_id {
+        Some(id) => id == client_id,
+        None => {
+            let name = client.metadata.name.as_deref().unwrap_or_default();
+            let namespace = client.metadata.namespace.as_deref().unwrap_or_default();
+            client_id
+                .strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix('.'))
+                == Some(namespace)
+        }
+    }
+}
+
 /// The client registered first among those claiming `client_id`: earliest
 /// `creationTimestamp`, then namespace, then name. Objects being deleted
 /// do not count.
@@ -280,7 +296,7 @@ pub fn first_claimant<'a>(
     all.iter()
         .map(|c| c.as_ref())
         .filter(|c| c.metadata.deletion_timestamp.is_none() && c.metadata.uid != this.metadata.uid)
-        .filter(|c| c.client_id() == client_id)
+        .filter(|c| claims_client_id(c, client_id))
         .chain(std::iter::once(this))
         .min_by_key(|c| key(c))
         .unwrap_or(this)
@@ -996,6 +1012,18 @@ mod tests {
             first_claimant("svc.ns", &d, &all).metadata.uid.as_deref(),
             Some("6")
         );
+    }
+
+    #[test]
+    fn client_id_claims_match_the_effective_id() {
+        let c = client("ns", "svc", "1", 0, None);
+        assert!(claims_client_id(&c, "svc.ns"));
+        assert!(!claims_client_id(&c, "svc.ns2"));
+        assert!(!claims_client_id(&c, "svcx.ns"));
+        assert!(!claims_client_id(&c, "svc"));
+        let d = client("ns", "svc", "2", 0, Some("custom"));
+        assert!(claims_client_id(&d, "custom"));
+        assert!(!claims_client_id(&d, "svc.ns"));
     }
 
     #[test]
