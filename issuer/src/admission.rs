@@ -345,6 +345,71 @@ mod tests {
         })
     }
 
+    #[tokio::test]
+    async fn http_answers_a_review_with_its_uid_and_rejects_garbage() {
+        use tower::ServiceExt;
+        let state = Arc::new(state());
+        state
+            .directory
+            .replace(&[oauth_client("web", condition("True", "Ready", "ok"))]);
+        let call = |body: Vec<u8>| {
+            let router = router(state.clone());
+            async move {
+                let response = router
+                    .oneshot(
+                        axum::http::Request::post(WEBHOOK_PATH)
+                            .header("content-type", "application/json")
+                            .body(axum::body::Body::from(body))
+                            .unwrap(),
+                    )
+                    .await
+                    .unwrap();
+                let status = response.status();
+                let bytes = http_body_util::BodyExt::collect(response.into_body())
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                (status, bytes)
+            }
+        };
+        let review = json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "7c9c1a4e-0000-4000-8000-000000000001",
+                "kind": { "group": "", "version": "v1", "kind": "Pod" },
+                "resource": { "group": "", "version": "v1", "resource": "pods" },
+                "namespace": "tasks",
+                "operation": "CREATE",
+                "userInfo": {},
+                "object": pod("web"),
+                "dryRun": true,
+            },
+        });
+        let (status, body) = call(serde_json::to_vec(&review).unwrap()).await;
+        assert_eq!(status, StatusCode::OK);
+        let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(answer["kind"], "AdmissionReview");
+        assert_eq!(
+            answer["response"]["uid"],
+            "7c9c1a4e-0000-4000-8000-000000000001"
+        );
+        assert_eq!(answer["response"]["allowed"], true);
+        assert_eq!(answer["response"]["patchType"], "JSONPatch");
+
+        let (status, _) = call(b"{not json".to_vec()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let metrics = state.metrics.encode();
+        assert!(
+            metrics.contains("admission_reviews_total{result=\"patched\"} 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("admission_reviews_total{result=\"invalid\"} 1"),
+            "{metrics}"
+        );
+    }
+
     #[test]
     fn directory_keeps_client_id_secret_name_and_ready_reason() {
         let directory = ClientDirectory::default();
