@@ -1007,6 +1007,123 @@ async fn forced_rotation_pre_publishes_a_new_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_the_algorithm_rotates_to_a_key_of_the_new_type() {
+    let cluster = TestCluster::shared().await;
+    let client = cluster.client().await;
+    let ns = cluster.namespace("op-alg").await;
+    let _operator = Operator::start(cluster, &ns, &[&ns], "alg");
+    let spec = |algorithm: &str| {
+        json!({
+            "algorithm": algorithm,
+            "rotationInterval": "1h",
+            "prePublish": "3s",
+            "retireAfter": "1h",
+        })
+    };
+    apply_signing_key(&client, &ns, "alg", spec("ES256")).await;
+    let first = eventually(Duration::from_secs(15), "the first key", || async {
+        check_keys_stored(&client, &ns, "alg")
+            .await?
+            .status?
+            .active_kid
+    })
+    .await;
+    apply_signing_key(&client, &ns, "alg", spec("EdDSA")).await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let sk = eventually(
+        Duration::from_secs(20),
+        "an EdDSA key to take over",
+        || async {
+            let keys: Api<SigningKey> = Api::namespaced(client.clone(), &ns);
+            let sk = keys.get("alg").await.ok()?;
+            let active = sk.status.as_ref()?.active_kid.clone()?;
+            (active != first).then_some(sk)
+        },
+    )
+    .await;
+    let status = sk.status.expect("status");
+    let active = status.active_kid.clone().expect("active");
+    let new_key = status
+        .keys
+        .iter()
+        .find(|k| k.kid == active)
+        .expect("in ring");
+    assert!(
+        secs(&new_key.activates_at) - secs(&new_key.created_at) >= 3,
+        "pre-published"
+    );
+    let old = status
+        .keys
+        .iter()
+        .find(|k| k.kid == first)
+        .expect("old key still published");
+    assert_eq!(old.state, KeyState::Retired);
+    let secret = secrets.get("alg-keys").await.expect("keys secret");
+    let pem = data(&secret, &active).expect("new key stored");
+    assert_eq!(
+        sigil_crds::keys::kid(sigil_crds::SigningAlgorithm::EdDSA, &pem).expect("an Ed25519 key"),
+        active
+    );
+    let old_pem = data(&secret, &first).expect("old key stored");
+    assert!(sigil_crds::keys::kid(sigil_crds::SigningAlgorithm::ES256, &old_pem).is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_key_secret_is_noticed_and_signing_goes_on() {
+    let cluster = TestCluster::shared().await;
+    let client = cluster.client().await;
+    let ns = cluster.namespace("op-lost").await;
+    let _operator = Operator::start(cluster, &ns, &[&ns], "lost");
+    apply_signing_key(
+        &client,
+        &ns,
+        "lost",
+        json!({ "rotationInterval": "1h", "prePublish": "10m" }),
+    )
+    .await;
+    let first = eventually(Duration::from_secs(15), "the first key", || async {
+        check_keys_stored(&client, &ns, "lost")
+            .await?
+            .status?
+            .active_kid
+    })
+    .await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    secrets
+        .delete("lost-keys", &DeleteParams::default())
+        .await
+        .expect("delete");
+    // Until the operator notices, status names a key a human deleted; then
+    // the lost key leaves the ring and a new key signs at once.
+    let keys: Api<SigningKey> = Api::namespaced(client.clone(), &ns);
+    eventually(Duration::from_secs(15), "a replacement key", || async {
+        let status = keys.get("lost").await.ok()?.status?;
+        let active = status.active_kid?;
+        let stored = secrets.get_opt("lost-keys").await.ok()??;
+        (active != first
+            && status.keys.iter().all(|k| k.kid != first)
+            && data(&stored, &active).is_some())
+        .then_some(())
+    })
+    .await;
+    check_keys_stored(&client, &ns, "lost")
+        .await
+        .expect("consistent again");
+    let events = eventually(Duration::from_secs(10), "a KeyLost event", || async {
+        let events = events_for(&client, &ns, "lost").await;
+        events
+            .iter()
+            .any(|(reason, _)| reason == "KeyLost")
+            .then_some(events)
+    })
+    .await;
+    assert!(
+        events.iter().any(|(_, note)| note.contains(&first)),
+        "{events:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_operator_during_rotation_never_loses_a_key() {
     let cluster = TestCluster::shared().await;
     let client = cluster.client().await;
