@@ -6,8 +6,11 @@ use sigil_issuer::cli::{Cli, Command, ServeArgs, serve};
 async fn main() -> std::process::ExitCode {
     // kube and the HTTPS server both use rustls; pick the one provider.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour codes only for people, never in log files and collectors.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

@@ -13,6 +13,9 @@ use sigil_operator::metrics::Metrics;
 use sigil_operator::{controller, leader, webhook_tls};
 use tokio::sync::watch;
 
+/// How long reconciles in flight may take to finish after SIGTERM.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
@@ -29,9 +32,11 @@ async fn main() -> std::process::ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
@@ -143,8 +148,21 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
             tracing::error!(%error, "webhook TLS management stopped");
         }
     };
+    // After a stop signal, reconciles in flight get a grace period; then
+    // the Lease is released regardless, so a standby takes over promptly.
+    let grace_expired = {
+        let stopped = stopped.clone();
+        async move {
+            stopped.await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        }
+    };
     let outcome = tokio::select! {
         ((), ()) = futures::future::join(controllers, webhook_tls) => Ok(()),
+        () = grace_expired => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "work still running after the shutdown grace period; stopping anyway");
+            Ok(())
+        }
         _ = leading.wait_for(|l| !*l) => {
             // Another replica may write from now on: stop at once, and let
             // the process restart as a standby.
