@@ -147,4 +147,5 @@ pub async fn run(
     tracing::info!(namespace = %args.namespace, "controllers running");
     futures::join!(client_controller, key_controller);
     health.reset_listed();
+    tracing::info!("controllers stopped");
 }

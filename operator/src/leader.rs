@@ -40,9 +40,21 @@ pub async fn start(
 impl Election {
     /// Stops competing and releases the Lease if held, so a standby takes
     /// over at once instead of after the Lease lapses.
+    /// Callers drop their clones of `leading` first: the task releases once
+    /// no receiver is left. Bounded, so a dead API server cannot hold up
+    /// the exit.
     pub async fn release(self) {
         drop(self.leading);
-        match self.task.await {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), self.task).await {
+            Err(_) => tracing::warn!("timed out releasing the leader Lease"),
+            Ok(result) => Self::log_release(result),
+        }
+    }
+
+    fn log_release(
+        result: Result<kube_lease_manager::Result<LeaseManager>, tokio::task::JoinError>,
+    ) {
+        match result {
             Ok(Ok(_)) => tracing::info!("released the leader Lease"),
             Ok(Err(error)) => tracing::warn!(%error, "could not release the leader Lease"),
             Err(error) => tracing::warn!(%error, "leader election task failed"),

@@ -120,16 +120,19 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     let mut leading = election.leading.clone();
 
     tracing::info!(lease = %args.lease_name, "waiting to become the leader");
-    tokio::select! {
+    let became_leader = tokio::select! {
         result = leading.wait_for(|l| *l) => {
             if result.is_err() {
                 anyhow::bail!("leader election stopped");
             }
+            true
         }
-        _ = stopped.clone() => {
-            election.release().await;
-            return Ok(());
-        }
+        _ = stopped.clone() => false,
+    };
+    if !became_leader {
+        drop(leading);
+        election.release().await;
+        return Ok(());
     }
     tracing::info!("became the leader");
     health.leading.store(true, Ordering::Release);
@@ -171,6 +174,8 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     };
     health.leading.store(false, Ordering::Release);
     metrics.leader.set(0);
+    // Every receiver must be gone for the election task to release.
+    drop(leading);
     election.release().await;
     outcome
 }

@@ -1292,6 +1292,34 @@ async fn two_replicas_only_the_leader_writes_and_a_standby_takes_over() {
     })
     .await;
     assert!(metrics.contains("sigil_operator_leader 1"), "{metrics}");
+
+    // A graceful stop (SIGTERM) exits 0 and releases the Lease; the standby
+    // (kube-lease-manager sleeps until the recorded expiry) takes over
+    // within one Lease duration (6 s here).
+    let _third = Operator::start(cluster, &ns, &[&ns], "replica-3");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut second = second;
+    let pid = second.child.id().expect("replica-2 runs") as libc::pid_t;
+    // SAFETY: plain kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let stopped = Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(10), second.child.wait())
+        .await
+        .expect("replica-2 exits on SIGTERM")
+        .expect("wait");
+    assert!(status.success(), "a graceful stop exits 0: {status:?}");
+    eventually(
+        Duration::from_secs(10),
+        "replica-3 to take over",
+        || async { (holder().await.as_deref() == Some("replica-3")).then_some(()) },
+    )
+    .await;
+    let handover = stopped.elapsed();
+    eprintln!("graceful handover in {:.1}s", handover.as_secs_f64());
+    assert!(
+        handover < Duration::from_secs(5),
+        "handover took {handover:?}"
+    );
 }
 
 /// Benchmark (not a test): 1,000 OAuthClients applied at once; reports the
