@@ -50,26 +50,25 @@ pub fn floor_second(t: Timestamp) -> Timestamp {
     Timestamp::from_second(t.as_second()).unwrap_or(t)
 }
 
-/// Whether the operator may write this existing Secret for `owner`: it is
-/// labelled as Sigil's and has no controller other than an object of the
-/// owner's kind and name (the uid may differ after a restore or a delete
-/// and re-create). Anything else is someone else's Secret: never touched.
+/// Whether the operator may write this existing Secret for `owner`: its
+/// controller is an object of the owner's kind and name (the uid may differ
+/// after a restore or a delete and re-create), or, without a controller, it
+/// is labelled as Sigil's (e.g. an owner reference removed by hand).
+/// Anything else is someone else's Secret: never touched.
 pub fn secret_is_ours<K: Resource<DynamicType = ()>>(secret: &Secret, owner: &K) -> bool {
-    let labelled = secret
-        .labels()
-        .get(MANAGED_BY_LABEL)
-        .is_some_and(|v| v == MANAGED_BY_VALUE);
     let kind = K::kind(&());
     let owner_name = owner.meta().name.as_deref().unwrap_or_default();
-    let controllers: Vec<_> = secret
+    let controller = secret
         .owner_references()
         .iter()
-        .filter(|r| r.controller == Some(true))
-        .collect();
-    labelled
-        && controllers
-            .iter()
-            .all(|r| r.kind == kind && r.name == owner_name)
+        .find(|r| r.controller == Some(true));
+    match controller {
+        Some(r) => r.kind == kind && r.name == owner_name,
+        None => secret
+            .labels()
+            .get(MANAGED_BY_LABEL)
+            .is_some_and(|v| v == MANAGED_BY_VALUE),
+    }
 }
 
 /// Whether the Secret's controller reference is exactly `owner` (same uid).
@@ -131,4 +130,81 @@ pub fn error_policy<K: Resource<DynamicType = ()>>(
     let delay = ctx.failure_backoff(&key);
     tracing::warn!(object = %key, %error, retry_in_ms = delay.as_millis() as u64, "reconcile failed");
     Action::requeue(delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    use sigil_crds::OAuthClient;
+
+    fn owner() -> OAuthClient {
+        let mut c = OAuthClient::new(
+            "svc",
+            serde_json::from_value(serde_json::json!({})).expect("spec"),
+        );
+        c.metadata.namespace = Some("ns".into());
+        c.metadata.uid = Some("uid-1".into());
+        c
+    }
+
+    fn secret(labelled: bool, controller: Option<(&str, &str, &str)>) -> Secret {
+        let mut s = Secret::default();
+        if labelled {
+            s.metadata.labels =
+                Some([(MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned())].into());
+        }
+        if let Some((kind, name, uid)) = controller {
+            s.metadata.owner_references = Some(vec![OwnerReference {
+                api_version: "sigil.dev/v1alpha1".into(),
+                kind: kind.into(),
+                name: name.into(),
+                uid: uid.into(),
+                controller: Some(true),
+                block_owner_deletion: None,
+            }]);
+        }
+        s
+    }
+
+    #[test]
+    fn only_our_own_secrets_are_written() {
+        let oac = owner();
+        assert!(secret_is_ours(
+            &secret(true, Some(("OAuthClient", "svc", "uid-1"))),
+            &oac
+        ));
+        assert!(
+            secret_is_ours(&secret(false, Some(("OAuthClient", "svc", "uid-1"))), &oac),
+            "label removed by hand"
+        );
+        assert!(
+            secret_is_ours(&secret(true, Some(("OAuthClient", "svc", "old-uid"))), &oac),
+            "re-created owner"
+        );
+        assert!(
+            secret_is_ours(&secret(true, None), &oac),
+            "owner reference removed by hand"
+        );
+        assert!(
+            !secret_is_ours(&secret(false, None), &oac),
+            "a user's Secret"
+        );
+        assert!(
+            !secret_is_ours(&secret(true, Some(("OAuthClient", "other", "uid-2"))), &oac),
+            "another client's"
+        );
+        assert!(!secret_is_ours(
+            &secret(true, Some(("Deployment", "svc", "uid-3"))),
+            &oac
+        ));
+        assert!(secret_owned_by(
+            &secret(false, Some(("OAuthClient", "svc", "uid-1"))),
+            &oac
+        ));
+        assert!(!secret_owned_by(
+            &secret(true, Some(("OAuthClient", "svc", "old-uid"))),
+            &oac
+        ));
+    }
 }
