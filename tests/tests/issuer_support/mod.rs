@@ -31,7 +31,12 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        // SIGIL_KEEP_SCRATCH=1 keeps logs for a post-mortem.
+        if std::env::var_os("SIGIL_KEEP_SCRATCH").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        } else {
+            eprintln!("kept {}", self.0.display());
+        }
     }
 }
 
