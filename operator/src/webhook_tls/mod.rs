@@ -179,7 +179,10 @@ pub async fn run(
     let mut wake = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            () = &mut shutdown => return Ok(()),
+            () = &mut shutdown => {
+                tracing::info!("webhook TLS stopped");
+                return Ok(());
+            }
             change = changes.next() => {
                 if change.is_none() {
                     return Ok(());
@@ -556,13 +559,7 @@ fn realize(
                 .map(|c| c.view.not_after)
                 .ok_or_else(|| TlsError::Invalid("the signing CA does not parse".to_owned()))?;
             let not_after = plan::serving_not_after(now, settings.cert_validity, ca_not_after);
-            pki::issue_serving(
-                &active,
-                &config.names,
-                now,
-                settings.cert_validity,
-                not_after,
-            )?
+            pki::issue_serving(&active, &config.names, now, not_after)?
         }
         None => {
             let tls = stored.tls_secret.as_ref();

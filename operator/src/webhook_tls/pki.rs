@@ -105,7 +105,6 @@ pub fn issue_serving(
     ca: &KeyedCert,
     names: &[String],
     now: Timestamp,
-    validity: Duration,
     not_after: Timestamp,
 ) -> Result<KeyedCert, PkiError> {
     let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(rcgen_error("reading the CA key"))?;
@@ -123,7 +122,8 @@ pub fn issue_serving(
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.use_authority_key_identifier_extension = true;
-    params.not_before = offset_time(before(now, plan::backdate(validity)))?;
+    let lifetime = Duration::try_from(not_after.duration_since(now)).unwrap_or(Duration::ZERO);
+    params.not_before = offset_time(before(now, plan::backdate(lifetime)))?;
     params.not_after = offset_time(not_after)?;
     params.serial_number = Some(random_serial()?);
     let cert = params
@@ -257,7 +257,7 @@ mod tests {
         ];
         let ca_cert = read_certs(&ca.cert_pem).pop().expect("CA reads");
         let not_after = plan::serving_not_after(now, 90 * day, ca_cert.view.not_after);
-        let serving = issue_serving(&ca, &names, now, 90 * day, not_after).expect("serving");
+        let serving = issue_serving(&ca, &names, now, not_after).expect("serving");
         let cert = read_certs(&serving.cert_pem).pop().expect("serving reads");
 
         assert_eq!(cert.names, names.iter().cloned().collect());

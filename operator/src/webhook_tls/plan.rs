@@ -170,10 +170,11 @@ pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
 pub const MAX_REQUEUE: Duration = Duration::from_secs(3600);
 
 /// How far back a new certificate's `notBefore` is set, so a verifier whose
-/// clock is a little behind ours accepts it: a tenth of its validity, at
-/// most 5 minutes.
-pub fn backdate(validity: Duration) -> Duration {
-    (validity / 10).min(Duration::from_secs(300))
+/// clock is a little behind ours accepts it: a tenth of its lifetime
+/// (from now to its `notAfter`), at most 5 minutes. Relative to the real
+/// lifetime, so 2/3 of the span always lies ahead.
+pub fn backdate(lifetime: Duration) -> Duration {
+    (lifetime / 10).min(Duration::from_secs(300))
 }
 
 /// The plan for `observed` at `now`.
@@ -300,23 +301,6 @@ pub fn plan(observed: &Observed, now: Timestamp, settings: &Settings) -> Plan {
     }
 
     // The serving certificate.
-    let signing_id = match &desired_active {
-        Ca::Existing(id) => Some(id.clone()),
-        Ca::New => None,
-    };
-    let reissue = match &observed.serving {
-        None => Some(Reissue::Missing),
-        Some(s) if !s.key_matches => Some(Reissue::KeyMismatch),
-        Some(s) if signing_id.is_none() || s.issuer != signing_id => Some(Reissue::WrongIssuer),
-        Some(s) if !s.names_match => Some(Reissue::NamesChanged),
-        Some(s) if s.not_before > now => Some(Reissue::NotYetValid),
-        Some(s) if s.not_after <= now => Some(Reissue::Expired),
-        Some(s) if now >= two_thirds(s.not_before, s.not_after) => Some(Reissue::RenewalDue),
-        Some(_) => None,
-    };
-
-    // When to look again: the earliest thing that falls due.
-    let mut due = vec![after(now, MAX_REQUEUE)];
     let signing_ca = match &desired_active {
         Ca::Existing(id) => [&active, &next]
             .into_iter()
@@ -325,6 +309,29 @@ pub fn plan(observed: &Observed, now: Timestamp, settings: &Settings) -> Plan {
             .cloned(),
         Ca::New => None,
     };
+    let signing_id = signing_ca.as_ref().map(|c| c.id.clone());
+    // A certificate already ending with its CA gains nothing from renewal
+    // (the new one would end there too): the CA rotation replaces it.
+    let renewal_extends = |s: &ServingView| {
+        signing_ca.as_ref().is_some_and(|ca| {
+            serving_not_after(now, settings.cert_validity, ca.not_after) > s.not_after
+        })
+    };
+    let reissue = match &observed.serving {
+        None => Some(Reissue::Missing),
+        Some(s) if !s.key_matches => Some(Reissue::KeyMismatch),
+        Some(s) if signing_id.is_none() || s.issuer != signing_id => Some(Reissue::WrongIssuer),
+        Some(s) if !s.names_match => Some(Reissue::NamesChanged),
+        Some(s) if s.not_before > now => Some(Reissue::NotYetValid),
+        Some(s) if s.not_after <= now => Some(Reissue::Expired),
+        Some(s) if now >= two_thirds(s.not_before, s.not_after) && renewal_extends(s) => {
+            Some(Reissue::RenewalDue)
+        }
+        Some(_) => None,
+    };
+
+    // When to look again: the earliest thing that falls due.
+    let mut due = vec![after(now, MAX_REQUEUE)];
     if let Some(ca) = &signing_ca {
         due.push(ca.not_after);
     }
@@ -351,7 +358,10 @@ pub fn plan(observed: &Observed, now: Timestamp, settings: &Settings) -> Plan {
     if reissue.is_none()
         && let Some(s) = &observed.serving
     {
-        due.push(two_thirds(s.not_before, s.not_after));
+        // A renewal held back (it would not extend) is due at expiry,
+        // which the CA's end above covers.
+        due.extend(Some(two_thirds(s.not_before, s.not_after)).filter(|at| *at > now));
+        due.push(s.not_after);
     }
     let requeue_at = due.into_iter().map(|t| t.max(now)).min().unwrap_or(now);
 

@@ -448,9 +448,9 @@ fn simulated_rotations_never_fail_a_handshake() {
         bundle.extend(retiring.iter().map(|c| c.id.clone()));
         assert!(bundle.len() <= 2, "at most two CAs at a time: {bundle:?}");
         if p.reissue.is_some() {
-            let nb =
-                now - SignedDuration::try_from(backdate(settings.cert_validity)).expect("small");
             let na = serving_not_after(now, settings.cert_validity, active.not_after);
+            let lifetime = Duration::try_from(na.duration_since(now)).expect("ahead");
+            let nb = now - SignedDuration::try_from(backdate(lifetime)).expect("small");
             state.serving = Some(ServingView {
                 issuer: Some(active.id.clone()),
                 not_before: nb,
@@ -514,4 +514,60 @@ fn in_effect_since<T>(history: &[(i64, T)], from: i64) -> Vec<&T> {
         .filter(|(i, _)| history.get(i + 1).is_none_or(|(next, _)| *next > from))
         .map(|(_, (_, item))| item)
         .collect()
+}
+
+/// A certificate issued now, as `pki::issue_serving` makes it.
+fn fresh(issuer: &str, now: Timestamp, validity: Duration, ca_not_after: Timestamp) -> ServingView {
+    let not_after = serving_not_after(now, validity, ca_not_after);
+    let lifetime = Duration::try_from(not_after.duration_since(now)).expect("ahead");
+    ServingView {
+        issuer: Some(issuer.to_owned()),
+        not_before: now - SignedDuration::try_from(backdate(lifetime)).expect("small"),
+        not_after,
+        names_match: true,
+        key_matches: true,
+    }
+}
+
+#[test]
+fn a_fresh_certificate_is_never_due_again_at_once() {
+    // Whatever the validity and whatever is left of the CA, a certificate
+    // just issued is not renewed in the same moment (no write loop).
+    for validity in [Duration::from_secs(10), MIN, 60 * MIN, 90 * DAY] {
+        for ca_left in [2, 30, 90, 3600, 86_400 * 400] {
+            let now = t(1000);
+            let mut observed = steady();
+            let ca_not_after = t(1000 + ca_left);
+            observed.active = Some(CaView {
+                id: "a".into(),
+                not_before: t(0),
+                not_after: ca_not_after,
+            });
+            observed.serving = Some(fresh("a", now, validity, ca_not_after));
+            let settings = Settings {
+                cert_validity: validity,
+                ..settings()
+            };
+            let p = plan(&observed, now, &settings);
+            assert_eq!(p.reissue, None, "validity {validity:?}, CA left {ca_left}s");
+            assert!(
+                p.requeue_at > now,
+                "validity {validity:?}, CA left {ca_left}s: busy loop"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_certificate_ending_with_its_ca_waits_for_the_ca_rotation() {
+    // Capped at the CA's end: renewing from the same CA gains nothing.
+    let mut observed = steady();
+    observed.active = Some(ca("a", t(0), 60 * MIN));
+    observed.serving = Some(serving("a", t(secs(40 * MIN)), 20 * MIN));
+    let now = t(secs(55 * MIN));
+    let p = plan(&observed, now, &settings());
+    assert_eq!(p.reissue, None);
+    // The CA rotation is what moves things on (started here, at 2/3).
+    assert_eq!(p.next, Some(Ca::New));
+    assert!(p.requeue_at > now);
 }
