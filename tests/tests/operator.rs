@@ -608,6 +608,87 @@ fn base64_encode(s: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renamed_secret_moves_and_disabled_and_foreign_secrets_are_reported() {
+    let cluster = TestCluster::shared().await;
+    let client = cluster.client().await;
+    let ns = cluster.namespace("op-misc").await;
+    let _operator = Operator::start(cluster, &ns, &[&ns], "misc");
+    apply_client(&client, &ns, "svc", json!({ "scopes": ["a"] })).await;
+    let (_, secret) = wait_ready(&client, &ns, "svc").await;
+    let value = data(&secret, "client_secret").expect("secret");
+
+    // spec.secretName changes: the secret moves, the old Secret goes.
+    apply_client(
+        &client,
+        &ns,
+        "svc",
+        json!({ "scopes": ["a"], "secretName": "svc-moved" }),
+    )
+    .await;
+    let (_, moved) = wait_ready(&client, &ns, "svc").await;
+    assert_eq!(moved.name_any(), "svc-moved");
+    assert_eq!(
+        data(&moved, "client_secret"),
+        Some(value.clone()),
+        "same secret"
+    );
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    eventually(Duration::from_secs(10), "the old Secret to go", || async {
+        secrets
+            .get_opt("svc-oauth")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+
+    // spec.disabled: Ready=False/Disabled, credentials kept.
+    apply_client(
+        &client,
+        &ns,
+        "svc",
+        json!({ "scopes": ["a"], "secretName": "svc-moved", "disabled": true }),
+    )
+    .await;
+    let clients: Api<OAuthClient> = Api::namespaced(client.clone(), &ns);
+    eventually(Duration::from_secs(10), "Ready=False/Disabled", || async {
+        let oac = clients.get("svc").await.ok()?;
+        (ready_reason(&oac)? == ("False".into(), "Disabled".into())).then_some(())
+    })
+    .await;
+    let kept = secrets.get("svc-moved").await.expect("kept");
+    assert_eq!(data(&kept, "client_secret"), Some(value));
+
+    // A Secret that is not Sigil's is never overwritten.
+    let mut foreign = Secret::default();
+    foreign.metadata.name = Some("taken".into());
+    foreign.string_data = Some([("client_secret".to_owned(), "mine".to_owned())].into());
+    secrets
+        .create(&PostParams::default(), &foreign)
+        .await
+        .expect("create");
+    apply_client(
+        &client,
+        &ns,
+        "other",
+        json!({ "scopes": ["a"], "secretName": "taken" }),
+    )
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "Ready=False/SecretConflict",
+        || async {
+            let oac = clients.get("other").await.ok()?;
+            (ready_reason(&oac)? == ("False".into(), "SecretConflict".into())).then_some(())
+        },
+    )
+    .await;
+    let untouched = secrets.get("taken").await.expect("taken");
+    assert_eq!(data(&untouched, "client_secret").as_deref(), Some("mine"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_the_client_removes_its_secret() {
     let cluster = TestCluster::shared().await;
     let client = cluster.client().await;

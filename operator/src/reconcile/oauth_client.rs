@@ -386,14 +386,9 @@ async fn reconcile_client(oac: &OAuthClient, ctx: &Context) -> Result<Action> {
     let client_id = oac.client_id();
     let secret_name = oac.secret_name();
 
-    // A Secret of ours left under a previous spec.secretName.
-    if let Some(old_name) = status
-        .secret_name
-        .as_deref()
-        .filter(|old| *old != secret_name)
-    {
-        delete_owned_secret(&secrets, old_name, oac).await?;
-    }
+    // The Secret written under a previous spec.secretName, if it changed:
+    // its secret moves to the new Secret, then it is deleted.
+    let previous_secret_name = status.secret_name.clone().filter(|old| *old != secret_name);
 
     // clientId must be unique in the cluster: the later claimant gets no
     // credentials.
@@ -406,6 +401,9 @@ async fn reconcile_client(oac: &OAuthClient, ctx: &Context) -> Result<Action> {
             first.name_any()
         );
         delete_owned_secret(&secrets, &secret_name, oac).await?;
+        if let Some(old_name) = &previous_secret_name {
+            delete_owned_secret(&secrets, old_name, oac).await?;
+        }
         let message = format!(
             "clientId {client_id:?} is already used by OAuthClient {holder}, which was created first; set a unique spec.clientId"
         );
@@ -493,16 +491,33 @@ async fn reconcile_client(oac: &OAuthClient, ctx: &Context) -> Result<Action> {
         return Ok(Action::await_change());
     }
 
-    let seen = match &existing {
-        None => SecretSeen::Missing,
-        Some(secret) => SecretSeen::Present(
-            secret
-                .data
-                .as_ref()
-                .and_then(|d| d.get(secret_keys::CLIENT_SECRET))
-                .and_then(|b| String::from_utf8(b.0.clone()).ok())
-                .filter(|s| plausible_secret(s)),
-        ),
+    let client_secret_of = |secret: &Secret| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(secret_keys::CLIENT_SECRET))
+            .and_then(|b| String::from_utf8(b.0.clone()).ok())
+            .filter(|s| plausible_secret(s))
+    };
+    let seen = match (&existing, &previous_secret_name) {
+        (Some(secret), _) => SecretSeen::Present(client_secret_of(secret)),
+        (None, Some(old_name)) => {
+            // Renamed: carry the secret over from the old Secret if it is ours.
+            let old = secrets
+                .get_opt(old_name)
+                .await
+                .map_err(Error::kube(format!(
+                    "reading Secret {namespace}/{old_name}"
+                )))?;
+            match old
+                .filter(|s| secret_owned_by(s, oac))
+                .and_then(|s| client_secret_of(&s))
+            {
+                Some(value) => SecretSeen::Present(Some(value)),
+                None => SecretSeen::Missing,
+            }
+        }
+        (None, None) => SecretSeen::Missing,
     };
     let uid = oac.metadata.uid.clone().unwrap_or_default();
     let jitter = rotation
@@ -597,6 +612,9 @@ async fn reconcile_client(oac: &OAuthClient, ctx: &Context) -> Result<Action> {
     }
     if !status_first {
         write_status(&clients, &name, &status, new_status).await?;
+    }
+    if let Some(old_name) = &previous_secret_name {
+        delete_owned_secret(&secrets, old_name, oac).await?;
     }
 
     let previous = match plan.previous_expires_at {
