@@ -839,3 +839,173 @@ async fn no_pod_admission_fails_during_a_ca_rotation() {
         .delete(&webhook_name, &DeleteParams::default())
         .await;
 }
+
+/// A kubeconfig holding a real token of `namespace/service_account`.
+fn service_account_kubeconfig(cluster: &TestCluster, namespace: &str, account: &str) -> PathBuf {
+    let token = cluster
+        .kubectl(&["create", "token", account, "-n", namespace, "--duration=1h"])
+        .expect_success("kubectl create token")
+        .stdout;
+    let admin = std::fs::read_to_string(cluster.kubeconfig()).expect("admin kubeconfig");
+    let users_at = admin.find("users:").expect("users section");
+    let contexts_at = admin.find("contexts:").expect("contexts section");
+    let kubeconfig = format!(
+        "{}users:\n- name: sa\n  user:\n    token: {}\n{}",
+        &admin[..users_at],
+        token.trim(),
+        admin[contexts_at..].replace("user: sigil-admin", "user: sa"),
+    );
+    let path = cluster
+        .control_plane
+        .dir()
+        .join(format!("{namespace}-{account}.kubeconfig"));
+    std::fs::write(&path, kubeconfig).expect("writing kubeconfig");
+    path
+}
+
+#[tokio::test]
+async fn the_charts_rbac_and_operator_args_manage_its_webhook_tls() {
+    let cluster = TestCluster::shared().await;
+    let client = cluster.client().await;
+    let ns = cluster.namespace("wtls-chart").await;
+    let chart = sigil_tests::cluster::workspace_root()
+        .join("charts/sigil")
+        .display()
+        .to_string();
+    let release = "wtls";
+    // The chart's objects as `helm install` would create them, except that
+    // its webhook gets a namespace selector nothing matches from the start:
+    // no issuer runs behind its Service, and the other tests here create
+    // pods that ask for credentials.
+    let rendered = cluster
+        .helm(&[
+            "template",
+            release,
+            &chart,
+            "-n",
+            &ns,
+            "--skip-tests",
+            "--kube-version",
+            "1.36.0",
+        ])
+        .expect_success("helm template")
+        .stdout;
+    let mut objects: Vec<serde_json::Value> = rendered
+        .split("\n---")
+        .filter_map(|doc| serde_saphyr::from_str::<serde_json::Value>(doc).ok())
+        .filter(|v| v["kind"].is_string())
+        .collect();
+    let webhook_name = format!("{release}-sigil");
+    for object in &mut objects {
+        if object["kind"] == "MutatingWebhookConfiguration" {
+            object["webhooks"][0]["namespaceSelector"] =
+                json!({"matchLabels": {"sigil.dev/never": "true"}});
+        }
+    }
+    let list = dir_file(cluster, &ns, "chart.json");
+    std::fs::write(
+        &list,
+        json!({"apiVersion": "v1", "kind": "List", "items": objects}).to_string(),
+    )
+    .expect("writing the chart's objects");
+    cluster
+        .kubectl(&["apply", "-n", &ns, "-f", &list.display().to_string()])
+        .expect_success("kubectl apply of the chart's objects");
+    let webhooks: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+
+    // The operator exactly as the chart's Deployment runs it (args, and
+    // its ServiceAccount's RBAC), with a free health port.
+    let deployment = objects
+        .iter()
+        .find(|v| {
+            v["kind"] == "Deployment"
+                && v["metadata"]["name"] == format!("{release}-sigil-operator")
+        })
+        .expect("the operator Deployment");
+    let args: Vec<String> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(|a| a.as_str())
+        .map(|a| {
+            if a.starts_with("--health-listen=") {
+                format!("--health-listen={}", free_addr().expect("free port"))
+            } else {
+                a.to_owned()
+            }
+        })
+        .collect();
+    assert!(
+        args.contains(&format!("--webhook-config={webhook_name}")),
+        "{args:?}"
+    );
+    assert!(
+        args.contains(&"--manage-webhook-tls=true".to_owned()),
+        "{args:?}"
+    );
+    let kubeconfig = service_account_kubeconfig(cluster, &ns, &format!("{release}-sigil-operator"));
+    let mut operator = Process::spawn(
+        "operator",
+        &sigil_tests::binary("operator"),
+        &args,
+        &[("KUBECONFIG", kubeconfig.display().to_string())],
+        &cluster
+            .control_plane
+            .dir()
+            .join("logs")
+            .join(format!("{ns}-operator.log")),
+    )
+    .expect("starting the operator");
+
+    // The Secret the chart's issuer mounts, for the chart's Service names.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let tls_secret = format!("{release}-sigil-issuer-tls");
+    let tls = eventually(Duration::from_secs(30), "the chart's TLS Secret", || {
+        let (secrets, name) = (secrets.clone(), tls_secret.clone());
+        async move {
+            let secret = secrets.get_opt(&name).await.ok()??;
+            Some((field(&secret, "tls.crt")?, field(&secret, "ca.crt")?))
+        }
+    })
+    .await;
+    let dir = scratch(cluster, &ns);
+    let host = format!("{release}-sigil-issuer.{ns}.svc");
+    let (ok, out) = verifies(&dir, &tls.0, &tls.1, &host);
+    assert!(ok, "{host}: {out}");
+    assert!(
+        secrets
+            .get_opt(&format!("{tls_secret}-ca"))
+            .await
+            .expect("get")
+            .is_some()
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the chart webhook's caBundle",
+        || {
+            let webhooks = webhooks.clone();
+            let (name, want) = (webhook_name.clone(), tls.1.clone());
+            async move {
+                let bundles = ca_bundles(&webhooks, &name).await;
+                (!bundles.is_empty() && bundles.iter().all(|b| *b == want)).then_some(())
+            }
+        },
+    )
+    .await;
+
+    operator.check_running().expect("operator running");
+    let log = std::fs::read_to_string(operator.log()).unwrap_or_default();
+    assert!(
+        !log.contains("forbidden"),
+        "a permission error:\n{}",
+        operator.log_tail()
+    );
+    operator.stop().await;
+    let _ = webhooks
+        .delete(&webhook_name, &DeleteParams::default())
+        .await;
+}
+
+fn dir_file(cluster: &TestCluster, ns: &str, name: &str) -> PathBuf {
+    scratch(cluster, ns).join(name)
+}
