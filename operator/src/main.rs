@@ -147,7 +147,8 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     );
     // The issuer's serving TLS, written by the leader only.
     let webhook_tls = async {
-        if let Err(error) = webhook_tls::run(client, &args, stopped.clone()).await {
+        if let Err(error) = webhook_tls::run(client, &args, metrics.clone(), stopped.clone()).await
+        {
             tracing::error!(%error, "webhook TLS management stopped");
         }
     };

@@ -40,6 +40,12 @@ pub struct ReadyLabels {
     pub ready: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabels {
+    /// `serving` (the issuer's certificate) or `ca` (the CA that signs it).
+    pub certificate: &'static str,
+}
+
 type HistogramFamily = Family<KindLabels, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
@@ -50,6 +56,8 @@ pub struct Metrics {
     pub oauth_clients: Family<ReadyLabels, Gauge>,
     pub leader: Gauge,
     pub skipped_objects: Family<KindLabels, Counter>,
+    /// notAfter of the issuer's serving certificate and of its CA.
+    pub webhook_tls_expiry: Family<CertificateLabels, Gauge>,
     /// Stores to compute object gauges from, once this replica leads.
     stores: Mutex<Option<(Store<OAuthClient>, Store<SigningKey>)>>,
 }
@@ -100,8 +108,15 @@ impl Metrics {
             "Watch events skipped because the object did not deserialize",
             skipped_objects.clone(),
         );
+        let webhook_tls_expiry = Family::<CertificateLabels, Gauge>::default();
+        registry.register(
+            "webhook_tls_expiry_timestamp_seconds",
+            "notAfter (Unix time) of the issuer's serving certificate and of its signing CA, as the operator last wrote them",
+            webhook_tls_expiry.clone(),
+        );
         Metrics {
             registry,
+            webhook_tls_expiry,
             reconciles,
             reconcile_duration,
             signing_keys,

@@ -79,12 +79,18 @@ fn webhook_config(
     .expect("valid MutatingWebhookConfiguration")
 }
 
-fn start_operator(cluster: &TestCluster, ns: &str, webhook: &str, tls_flags: &[&str]) -> Process {
+fn start_operator(
+    cluster: &TestCluster,
+    ns: &str,
+    webhook: &str,
+    tls_flags: &[&str],
+) -> (Process, std::net::SocketAddr) {
+    let health = free_addr().expect("free port");
     let mut args = vec![
         "--issuer-url=https://sigil.example".to_owned(),
         format!("--namespace={ns}"),
         format!("--watch-namespaces={ns}"),
-        format!("--health-listen={}", free_addr().expect("free port")),
+        format!("--health-listen={health}"),
         format!("--webhook-config={webhook}"),
         format!("--issuer-service={SERVICE}"),
         format!("--tls-secret={TLS_SECRET}"),
@@ -92,7 +98,7 @@ fn start_operator(cluster: &TestCluster, ns: &str, webhook: &str, tls_flags: &[&
         "--log-format=text".to_owned(),
     ];
     args.extend(tls_flags.iter().map(|f| (*f).to_owned()));
-    Process::spawn(
+    let operator = Process::spawn(
         "operator",
         &sigil_tests::binary("operator"),
         &args,
@@ -106,7 +112,8 @@ fn start_operator(cluster: &TestCluster, ns: &str, webhook: &str, tls_flags: &[&
             .join("logs")
             .join(format!("{ns}-operator.log")),
     )
-    .expect("starting the operator")
+    .expect("starting the operator");
+    (operator, health)
 }
 
 /// The issuer's Secret as the test reads it.
@@ -242,7 +249,7 @@ async fn serving_certificate_and_ca_bundle_are_made_renewed_and_repaired() {
         .expect("creating the webhook configuration");
 
     let started = Instant::now();
-    let mut operator = start_operator(
+    let (mut operator, operator_health) = start_operator(
         cluster,
         &ns,
         &webhook_name,
@@ -408,6 +415,23 @@ async fn serving_certificate_and_ca_bundle_are_made_renewed_and_repaired() {
         .0
     );
 
+    // The expiry is exported for alerting.
+    let metrics = reqwest::get(format!("http://{operator_health}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    for certificate in ["serving", "ca"] {
+        let line = format!(
+            "sigil_operator_webhook_tls_expiry_timestamp_seconds{{certificate=\"{certificate}\"}} "
+        );
+        assert!(metrics.contains(&line), "{line} missing:\n{metrics}");
+    }
+    assert!(
+        metrics.contains(r#"sigil_operator_reconciles_total{kind="WebhookTLS",result="success"}"#)
+    );
+
     operator.check_running().expect("operator running");
     let log = std::fs::read_to_string(operator.log()).unwrap_or_default();
     assert!(!log.contains("PRIVATE KEY"), "a private key in the log");
@@ -456,7 +480,7 @@ async fn ca_rotation_goes_through_three_phases_an_overlap_apart() {
         "--tls-overlap=8s",
         "--lease-duration=3",
     ];
-    let mut operator = start_operator(cluster, &ns, &webhook_name, &flags);
+    let (mut operator, _) = start_operator(cluster, &ns, &webhook_name, &flags);
     let mut restarted = false;
     let (mut next_since, mut retiring_since) = (None, None);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
@@ -531,7 +555,7 @@ async fn ca_rotation_goes_through_three_phases_an_overlap_apart() {
         // CA Secret, neither waiting again nor starting over.
         if changed && cas.len() == 2 && issuer == first_ca && !restarted {
             operator.kill().await;
-            operator = start_operator(cluster, &ns, &webhook_name, &flags);
+            operator = start_operator(cluster, &ns, &webhook_name, &flags).0;
             restarted = true;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -20,6 +20,7 @@ pub mod pki;
 pub mod plan;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
@@ -36,6 +37,7 @@ use sigil_crds::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 
 use crate::FIELD_MANAGER;
 use crate::config::Args;
+use crate::metrics::{CertificateLabels, Metrics};
 use pki::{KeyedCert, StoredCert};
 use plan::{Ca, CaChange, CaView, Observed, Plan, ServingView, Settings};
 
@@ -159,6 +161,7 @@ impl TlsConfig {
 pub async fn run(
     client: Client,
     args: &Args,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), TlsError> {
     let Some(config) = TlsConfig::from_args(args)? else {
@@ -195,10 +198,24 @@ pub async fn run(
             }
             () = tokio::time::sleep_until(wake) => {}
         }
-        wake = match reconcile(&client, &config).await {
-            Ok(next) => {
+        let started = std::time::Instant::now();
+        let result = reconcile(&client, &config).await;
+        metrics.observe_reconcile(METRICS_KIND, result.is_ok(), started.elapsed());
+        wake = match result {
+            Ok(pass) => {
                 failures = 0;
-                tokio::time::Instant::now() + next
+                for (certificate, not_after) in [
+                    ("serving", pass.serving_not_after),
+                    ("ca", pass.ca_not_after),
+                ] {
+                    if let Some(at) = not_after {
+                        metrics
+                            .webhook_tls_expiry
+                            .get_or_create(&CertificateLabels { certificate })
+                            .set(at.as_second());
+                    }
+                }
+                tokio::time::Instant::now() + pass.next
             }
             Err(error) => {
                 failures = failures.saturating_add(1);
@@ -397,8 +414,21 @@ fn bundle_of<'a>(
         .collect()
 }
 
-/// One pass: read, plan, write what differs. Returns when to look again.
-pub async fn reconcile(client: &Client, config: &TlsConfig) -> Result<Duration, TlsError> {
+/// What one pass leaves behind.
+#[derive(Clone, Copy, Debug)]
+pub struct Pass {
+    /// When to look again.
+    pub next: Duration,
+    /// notAfter of the serving certificate and of its CA, as written.
+    pub serving_not_after: Option<Timestamp>,
+    pub ca_not_after: Option<Timestamp>,
+}
+
+/// The `kind` label of this loop's reconcile metrics.
+const METRICS_KIND: &str = "WebhookTLS";
+
+/// One pass: read, plan, write what differs.
+pub async fn reconcile(client: &Client, config: &TlsConfig) -> Result<Pass, TlsError> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &config.namespace);
     let ca_secret = secrets
         .get_opt(&config.ca_secret)
@@ -471,11 +501,22 @@ pub async fn reconcile(client: &Client, config: &TlsConfig) -> Result<Duration, 
             "issued the issuer's serving certificate"
         );
     }
-    if wrote {
-        // Plan again against what was written (the watch also fires).
-        return Ok(Duration::from_secs(1));
-    }
-    Ok(crate::reconcile::until(now, plan.requeue_at))
+    let not_after = |secret: &Secret, key: &str| {
+        text(Some(secret), key)
+            .and_then(|pem| pki::read_certs(&pem).into_iter().next())
+            .map(|c| c.view.not_after)
+    };
+    Ok(Pass {
+        // After a write, plan again against what was written (the watch
+        // also fires).
+        next: if wrote {
+            Duration::from_secs(1)
+        } else {
+            crate::reconcile::until(now, plan.requeue_at)
+        },
+        serving_not_after: not_after(&desired.tls_secret, TLS_CERT),
+        ca_not_after: not_after(&desired.ca_secret, CA_CERT),
+    })
 }
 
 fn log_change(change: CaChange, config: &TlsConfig) {
