@@ -642,6 +642,28 @@ mod tests {
     }
 
     #[test]
+    fn state_dir_keeps_the_ring_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec: SigningKeySpec =
+            serde_json::from_value(serde_json::json!({"algorithm": "EdDSA"})).unwrap();
+        let mut first = open_ring("default", spec.clone(), Some(dir.path())).unwrap();
+        first.advance(1000, false).unwrap();
+        save_ring(&first, Some(dir.path())).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(state_file(dir.path(), "default"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "private keys are private");
+        let again = open_ring("default", spec, Some(dir.path())).unwrap();
+        assert_eq!(again.active_kid(), first.active_kid());
+        // A different algorithm starts a new ring instead of misusing the keys.
+        let es256: SigningKeySpec = serde_json::from_value(serde_json::json!({})).unwrap();
+        let other = open_ring("default", es256, Some(dir.path())).unwrap();
+        assert!(other.active_kid().is_none());
+    }
+
+    #[test]
     fn one_file_may_hold_thousands_of_clients() {
         let mut text = String::new();
         for i in 0..3000 {
