@@ -238,3 +238,65 @@ async fn verifiers_see_no_failure_across_two_key_rotations() {
     }
     eprintln!("rotation continuity: Go {go}\nNode {node}");
 }
+
+/// HTTPS with a certificate from files (as the chart mounts it), over
+/// HTTP/1.1 and HTTP/2, checked with curl against the CA.
+#[tokio::test]
+async fn standalone_issuer_serves_https() {
+    let scratch = Scratch::new("sigil-tls");
+    let pki = sigil_tests::pki::Pki::new().expect("a test CA");
+    let pair = pki
+        .serving_cert("sigil-issuer")
+        .expect("a serving certificate");
+    let (cert, key, ca) = (
+        scratch.0.join("tls.crt"),
+        scratch.0.join("tls.key"),
+        scratch.0.join("ca.crt"),
+    );
+    std::fs::write(&cert, &pair.cert_pem).expect("cert");
+    std::fs::write(&key, &pair.key_pem).expect("key");
+    std::fs::write(&ca, &pki.ca_pem).expect("ca");
+    let manifests = scratch.0.join("manifests");
+    std::fs::create_dir_all(&manifests).expect("dir");
+    std::fs::write(manifests.join("seed.yaml"), SEED).expect("manifest");
+    let secrets = scratch.0.join("secrets.json");
+    let path = |p: &std::path::Path| p.to_str().expect("utf8").to_owned();
+    let mut issuer = IssuerProcess::start_with_scheme(
+        "https",
+        &[
+            "--manifests",
+            &path(&manifests),
+            "--secrets",
+            &path(&secrets),
+            "--tls-cert",
+            &path(&cert),
+            "--tls-key",
+            &path(&key),
+        ],
+        &[],
+        &scratch.0.join("issuer.log"),
+    );
+    issuer.wait_ready(Duration::from_secs(20)).await;
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&secrets).expect("secrets")).expect("json");
+    let secret = file[TASK_ID].as_str().expect("secret");
+    for version in ["--http1.1", "--http2"] {
+        let output = tokio::process::Command::new("curl")
+            .args(["-sS", "--fail-with-body", version, "--cacert", &path(&ca)])
+            .args(["-u", &format!("{TASK_ID}:{secret}")])
+            .args(["-d", "grant_type=client_credentials&audience=event"])
+            .arg(issuer.token_url())
+            .output()
+            .await
+            .expect("running curl");
+        assert!(
+            output.status.success(),
+            "curl {version}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let body: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+        assert_eq!(body["token_type"], "Bearer", "{version}");
+        let claims = decode_jwt_claims(body["access_token"].as_str().expect("token"));
+        assert_eq!(claims["iss"], issuer.base_url);
+    }
+}

@@ -59,9 +59,20 @@ impl IssuerProcess {
     /// Starts `issuer` with `args` plus --listen/--health-listen/--issuer-url
     /// on free loopback ports; stdout+stderr go to `log`.
     pub fn start(args: &[&str], env: &[(&str, &str)], log: &Path) -> IssuerProcess {
+        Self::start_with_scheme("http", args, env, log)
+    }
+
+    /// Like [`IssuerProcess::start`], with `https` when `args` carry
+    /// `--tls-cert`/`--tls-key`.
+    pub fn start_with_scheme(
+        scheme: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> IssuerProcess {
         let port = free_port();
         let health_port = free_port();
-        let base_url = format!("http://127.0.0.1:{port}");
+        let base_url = format!("{scheme}://127.0.0.1:{port}");
         let log_file = std::fs::File::create(log).expect("log file");
         let mut command = Command::new(sigil_tests::binary("issuer"));
         command
