@@ -667,7 +667,21 @@ impl Store {
             .as_ref()
             .and_then(|s| secrets.get(s))
             .unwrap_or(&empty);
-        let ring = Ring::from_status(name, spec, &status, pems);
+        let mut ring = Ring::from_status(name, spec, &status, pems);
+        // The status may name a new active kid before the Secret event with
+        // its private key arrives (two watches, no ordering between them):
+        // keep signing with the previous key while it is still published.
+        if ring.active.is_none()
+            && let Some(previous) = self.rings.load().get(name).and_then(|r| r.active.clone())
+            && ring.published.iter().any(|k| k.kid == previous.kid)
+        {
+            tracing::warn!(
+                ring = name,
+                kid = %previous.kid,
+                "the active key's private key is not in the Secret yet; still signing with the previous key"
+            );
+            ring.active = Some(previous);
+        }
         tracing::info!(
             ring = name,
             active_kid = ring
@@ -789,6 +803,54 @@ mod tests {
         );
         let entry = ClientEntry::from_oauth_client(&client);
         assert_eq!(entry.additional_claims_json, r#""stt":1,"tenant":"x""#);
+    }
+
+    #[test]
+    fn a_new_active_kid_without_its_private_key_keeps_the_previous_signer() {
+        use crate::signer::{generate_pkcs8_der, pkcs8_der_to_pem};
+        let pem = || pkcs8_der_to_pem(&generate_pkcs8_der(SigningAlgorithm::ES256, 0).unwrap());
+        let (pem1, pem2) = (pem(), pem());
+        let kid = |p: &str| {
+            ParsedKey::from_pkcs8_pem(SigningAlgorithm::ES256, p)
+                .unwrap()
+                .thumbprint()
+        };
+        let (kid1, kid2) = (kid(&pem1), kid(&pem2));
+        let key = |keys: serde_json::Value, active: &str| -> sigil_crds::SigningKey {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "sigil.dev/v1alpha1", "kind": "SigningKey",
+                "metadata": {"name": "default", "namespace": "sigil-system"},
+                "spec": {},
+                "status": {"activeKid": active, "keys": keys, "secretName": "default-keys"},
+            }))
+            .unwrap()
+        };
+        let at = "2026-01-01T00:00:00Z";
+        let store = Store::new("default");
+        store.upsert_key_secret(
+            "default-keys",
+            BTreeMap::from([(kid1.clone(), pem1.clone())]),
+        );
+        store.upsert_signing_key(&key(
+            serde_json::json!([{"kid": kid1, "state": "Active", "createdAt": at, "activatesAt": at}]),
+            &kid1,
+        ));
+        assert_eq!(store.ring(None).unwrap().active.as_ref().unwrap().kid, kid1);
+        // Status moves to kid2 before the Secret has it.
+        store.upsert_signing_key(&key(
+            serde_json::json!([
+                {"kid": kid1, "state": "Retired", "createdAt": at, "activatesAt": at, "retiresAt": at},
+                {"kid": kid2, "state": "Active", "createdAt": at, "activatesAt": at},
+            ]),
+            &kid2,
+        ));
+        assert_eq!(store.ring(None).unwrap().active.as_ref().unwrap().kid, kid1);
+        store.upsert_key_secret(
+            "default-keys",
+            BTreeMap::from([(kid1, pem1), (kid2.clone(), pem2)]),
+        );
+        assert_eq!(store.ring(None).unwrap().active.as_ref().unwrap().kid, kid2);
+        assert_eq!(store.published_key_count(), 2);
     }
 
     #[test]
