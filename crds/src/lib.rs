@@ -9,6 +9,7 @@
 // mistakes for a duplicated attribute.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod backoff;
 pub mod keys;
 pub mod oauth_client;
 pub mod ring;

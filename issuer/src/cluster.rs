@@ -7,14 +7,13 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::runtime::WatchStreamExt;
-use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, Event};
+use sigil_crds::backoff::WatchBackoff;
 use sigil_crds::{OAuthClient, SigningKey};
 
 use crate::admission::ClientDirectory;
@@ -22,42 +21,6 @@ use crate::metrics::{Metrics, ResourceLabel};
 use crate::store::{ObjectKey, Store};
 
 const RESOURCES: [&str; 3] = ["oauthclients", "signingkeys", "secrets"];
-
-/// Watch retry delays: 250 ms doubling to at most 4 s, with jitter. The
-/// issuer only reads, so it can afford to come back fast: a client created
-/// right after an API server outage works within seconds (kube's default
-/// backoff grows to 30 s).
-struct QuickBackoff {
-    next: Duration,
-}
-
-const QUICK_BACKOFF_MIN: Duration = Duration::from_millis(250);
-const QUICK_BACKOFF_MAX: Duration = Duration::from_secs(4);
-
-impl Default for QuickBackoff {
-    fn default() -> Self {
-        QuickBackoff {
-            next: QUICK_BACKOFF_MIN,
-        }
-    }
-}
-
-impl Iterator for QuickBackoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        let delay = self.next;
-        self.next = (self.next * 2).min(QUICK_BACKOFF_MAX);
-        let jitter_ms = rand::random_range(0..=delay.as_millis() as u64 / 4);
-        Some(delay + Duration::from_millis(jitter_ms))
-    }
-}
-
-impl Backoff for QuickBackoff {
-    fn reset(&mut self) {
-        self.next = QUICK_BACKOFF_MIN;
-    }
-}
 
 /// Which watches have listed at least once and which are connected now.
 struct Health {
@@ -130,7 +93,7 @@ pub async fn run(
     let config = watcher::Config::default();
     let clients = watch_clients(
         watcher::watcher(Api::<OAuthClient>::all(client.clone()), config.clone())
-            .backoff(QuickBackoff::default()),
+            .backoff(WatchBackoff::default()),
         store.clone(),
         directory,
         health.clone(),
@@ -140,13 +103,13 @@ pub async fn run(
             Api::<SigningKey>::namespaced(client.clone(), &namespace),
             config.clone(),
         )
-        .backoff(QuickBackoff::default()),
+        .backoff(WatchBackoff::default()),
         store.clone(),
         health.clone(),
     );
     let secrets = watch_key_secrets(
         watcher::watcher(Api::<Secret>::namespaced(client, &namespace), config)
-            .backoff(QuickBackoff::default()),
+            .backoff(WatchBackoff::default()),
         store,
         health,
     );
@@ -293,25 +256,5 @@ async fn watch_key_secrets(
             }
             Err(error) => health.failed(2, &error),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn watch_backoff_is_quick_and_bounded() {
-        let mut backoff = QuickBackoff::default();
-        let delays: Vec<Duration> = (0..10).map(|_| backoff.next().unwrap()).collect();
-        assert!(delays[0] >= QUICK_BACKOFF_MIN && delays[0] < Duration::from_millis(400));
-        assert!(
-            delays
-                .iter()
-                .all(|d| *d <= QUICK_BACKOFF_MAX + QUICK_BACKOFF_MAX / 4)
-        );
-        assert!(delays[9] >= QUICK_BACKOFF_MAX);
-        backoff.reset();
-        assert!(backoff.next().unwrap() < Duration::from_millis(400));
     }
 }
