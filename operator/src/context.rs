@@ -9,6 +9,7 @@ use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
 use sigil_crds::{OAuthClient, SigningKey};
 
+use crate::client_index::ClientIndex;
 use crate::metrics::Metrics;
 
 pub struct Context {
@@ -23,6 +24,8 @@ pub struct Context {
     /// uniqueness check.
     pub oauth_clients: Store<OAuthClient>,
     pub signing_keys: Store<SigningKey>,
+    /// Which clients claim which clientId (maintained from the watch).
+    pub client_index: Arc<Mutex<ClientIndex>>,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -75,6 +78,7 @@ impl Context {
             metrics,
             oauth_clients,
             signing_keys,
+            client_index: Arc::new(Mutex::new(ClientIndex::default())),
             failures: Mutex::new(HashMap::new()),
         }
     }

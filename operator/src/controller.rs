@@ -14,7 +14,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{PredicateConfig, WatchStreamExt, predicates};
-use sigil_crds::{CONDITION_READY, MANAGED_BY_LABEL, MANAGED_BY_VALUE, OAuthClient, SigningKey};
+use sigil_crds::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, OAuthClient, SigningKey};
 
 use crate::config::Args;
 use crate::context::Context;
@@ -56,7 +56,7 @@ pub async fn run(
     // A change to one OAuthClient can settle another's clientId conflict:
     // re-check the clients claiming the same id, and those marked duplicate.
     let (peer_tx, peer_rx) = mpsc::unbounded::<ObjectRef<OAuthClient>>();
-    let peers_store = client_store.clone();
+    let index = ctx.client_index.clone();
     let client_events = tolerant_reflector(
         client.clone(),
         client_scope.clone(),
@@ -66,23 +66,33 @@ pub async fn run(
         health.clone(),
     )
     .inspect(move |event| {
-        let changed = match event {
-            Ok(Event::Apply(c)) | Ok(Event::Delete(c)) => c,
+        let mut index = index.lock().unwrap_or_else(|p| p.into_inner());
+        let peers = match event {
+            Ok(Event::Init) => {
+                index.clear();
+                return;
+            }
+            Ok(Event::InitApply(c)) => {
+                index.upsert(c);
+                return;
+            }
+            Ok(Event::Apply(c)) => {
+                let before = index.upsert(c);
+                let now = c.client_id();
+                let ids: Vec<&str> = std::iter::once(now.as_str())
+                    .chain(before.as_deref())
+                    .collect();
+                index.peers(&ObjectRef::from_obj(c), &ids)
+            }
+            Ok(Event::Delete(c)) => {
+                let before = index.remove(c);
+                let ids: Vec<&str> = before.as_deref().into_iter().collect();
+                index.peers(&ObjectRef::from_obj(c), &ids)
+            }
             _ => return,
         };
-        let id = changed.client_id();
-        for peer in peers_store.state() {
-            if peer.metadata.uid == changed.metadata.uid {
-                continue;
-            }
-            let duplicate = peer
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.iter().find(|c| c.type_ == CONDITION_READY))
-                .is_some_and(|c| c.reason == oauth_client::REASON_DUPLICATE);
-            if duplicate || oauth_client::claims_client_id(&peer, &id) {
-                let _ = peer_tx.unbounded_send(ObjectRef::from_obj(peer.as_ref()));
-            }
+        for peer in peers {
+            let _ = peer_tx.unbounded_send(peer);
         }
     })
     .applied_objects()

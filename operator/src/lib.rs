@@ -7,6 +7,7 @@
 //! election, [`metrics`] and [`health`] the `/metrics`, `/healthz` and
 //! `/readyz` endpoints.
 
+pub mod client_index;
 pub mod config;
 pub mod context;
 pub mod controller;

@@ -392,8 +392,14 @@ async fn reconcile_client(oac: &OAuthClient, ctx: &Context) -> Result<Action> {
 
     // clientId must be unique in the cluster: the later claimant gets no
     // credentials.
-    let all = ctx.oauth_clients.state();
-    let first = first_claimant(&client_id, oac, &all);
+    let claimants: Vec<Arc<OAuthClient>> = {
+        let index = ctx.client_index.lock().unwrap_or_else(|p| p.into_inner());
+        index.claimants(&client_id)
+    }
+    .iter()
+    .filter_map(|r| ctx.oauth_clients.get(r))
+    .collect();
+    let first = first_claimant(&client_id, oac, &claimants);
     if first.metadata.uid != oac.metadata.uid {
         let holder = format!(
             "{}/{}",
