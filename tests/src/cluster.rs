@@ -435,6 +435,32 @@ impl TestCluster {
         CommandOutput::run(cmd)
     }
 
+    /// A kubeconfig holding a real token of `namespace/account` (from the
+    /// TokenRequest API): the ServiceAccount's own identity, so RBAC is what
+    /// a pod of it would get.
+    pub fn service_account_kubeconfig(&self, namespace: &str, account: &str) -> PathBuf {
+        let token = self
+            .kubectl(&["create", "token", account, "-n", namespace, "--duration=1h"])
+            .expect_success("kubectl create token")
+            .stdout;
+        let admin = std::fs::read_to_string(self.kubeconfig()).expect("admin kubeconfig");
+        // Same cluster entry, the ServiceAccount's bearer token as the user.
+        let users_at = admin.find("users:").expect("users section");
+        let contexts_at = admin.find("contexts:").expect("contexts section");
+        let kubeconfig = format!(
+            "{}users:\n- name: sa\n  user:\n    token: {}\n{}",
+            &admin[..users_at],
+            token.trim(),
+            admin[contexts_at..].replace(&format!("user: {ADMIN_USER}"), "user: sa"),
+        );
+        let path = self
+            .control_plane
+            .dir()
+            .join(format!("{namespace}-{account}.kubeconfig"));
+        std::fs::write(&path, kubeconfig).expect("writing kubeconfig");
+        path
+    }
+
     /// Creates a fresh namespace `<prefix>-<random>` and waits for its
     /// `default` ServiceAccount, so Pods can be created in it at once.
     pub async fn namespace(&self, prefix: &str) -> String {

@@ -25,6 +25,7 @@ use kube::runtime::WatchStreamExt;
 use serde_json::{Value, json};
 use sigil_crds::{KeyState, OAuthClient, SigningKey, secret_verifier};
 use sigil_tests::cluster::TestCluster;
+use sigil_tests::eventually;
 use tokio::process::{Child, Command};
 
 const ISSUER_URL: &str = "https://sigil.test/auth";
@@ -127,26 +128,6 @@ async fn http_get(port: u16, path: &str) -> Option<String> {
     head.starts_with("HTTP/1.0 200")
         .then(|| body.to_owned())
         .or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_owned()))
-}
-
-/// Polls `check` every 200 ms until it returns `Some`, or panics after
-/// `timeout` with `what`.
-async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 async fn apply_client(client: &kube::Client, namespace: &str, name: &str, spec: Value) {

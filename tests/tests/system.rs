@@ -55,41 +55,6 @@ async fn the_run_command_ends_with_the_calendar_services_200() {
     );
 }
 
-/// A kubeconfig holding a real token of `namespace/service_account`.
-fn service_account_kubeconfig(
-    cluster: &TestCluster,
-    namespace: &str,
-    service_account: &str,
-) -> std::path::PathBuf {
-    let token = cluster
-        .kubectl(&[
-            "create",
-            "token",
-            service_account,
-            "-n",
-            namespace,
-            "--duration=1h",
-        ])
-        .expect_success("kubectl create token")
-        .stdout;
-    let admin = std::fs::read_to_string(cluster.kubeconfig()).expect("admin kubeconfig");
-    // Same cluster entry, the ServiceAccount's bearer token as the user.
-    let users_at = admin.find("users:").expect("users section");
-    let contexts_at = admin.find("contexts:").expect("contexts section");
-    let kubeconfig = format!(
-        "{}users:\n- name: sa\n  user:\n    token: {}\n{}",
-        &admin[..users_at],
-        token.trim(),
-        admin[contexts_at..].replace("user: sigil-admin", "user: sa"),
-    );
-    let path = cluster
-        .control_plane
-        .dir()
-        .join(format!("{namespace}-{service_account}.kubeconfig"));
-    std::fs::write(&path, kubeconfig).expect("writing kubeconfig");
-    path
-}
-
 #[tokio::test]
 async fn operator_and_issuer_work_with_exactly_the_charts_rbac() {
     let cluster = TestCluster::shared().await;
@@ -116,7 +81,7 @@ async fn operator_and_issuer_work_with_exactly_the_charts_rbac() {
     let issuer_url = format!("http://{issuer_addr}");
 
     let operator_health = free_addr().expect("free port");
-    let operator_kubeconfig = service_account_kubeconfig(cluster, &ns, "sigil-rbac-operator");
+    let operator_kubeconfig = cluster.service_account_kubeconfig(&ns, "sigil-rbac-operator");
     let mut operator = Process::spawn(
         "operator",
         &sigil_tests::binary("operator"),
@@ -134,7 +99,7 @@ async fn operator_and_issuer_work_with_exactly_the_charts_rbac() {
     .expect("starting the operator");
 
     let issuer_health = free_addr().expect("free port");
-    let issuer_kubeconfig = service_account_kubeconfig(cluster, &ns, "sigil-rbac-issuer");
+    let issuer_kubeconfig = cluster.service_account_kubeconfig(&ns, "sigil-rbac-issuer");
     let mut issuer = Process::spawn(
         "issuer",
         &sigil_tests::binary("issuer"),

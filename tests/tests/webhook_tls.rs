@@ -14,31 +14,12 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use sigil_tests::cluster::TestCluster;
+use sigil_tests::eventually;
 use sigil_tests::processes::{Process, free_addr};
 
 const TLS_SECRET: &str = "sigil-issuer-tls";
 const CA_SECRET: &str = "sigil-issuer-tls-ca";
 const SERVICE: &str = "sigil-issuer";
-
-/// Polls `check` every 100 ms until it returns `Some`, or panics after
-/// `timeout` naming `what`.
-async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// A webhook configuration with two webhooks that never match a pod (a
 /// namespace selector no namespace satisfies, or only `only_namespace`).
@@ -864,29 +845,6 @@ async fn no_pod_admission_fails_during_a_ca_rotation() {
         .await;
 }
 
-/// A kubeconfig holding a real token of `namespace/service_account`.
-fn service_account_kubeconfig(cluster: &TestCluster, namespace: &str, account: &str) -> PathBuf {
-    let token = cluster
-        .kubectl(&["create", "token", account, "-n", namespace, "--duration=1h"])
-        .expect_success("kubectl create token")
-        .stdout;
-    let admin = std::fs::read_to_string(cluster.kubeconfig()).expect("admin kubeconfig");
-    let users_at = admin.find("users:").expect("users section");
-    let contexts_at = admin.find("contexts:").expect("contexts section");
-    let kubeconfig = format!(
-        "{}users:\n- name: sa\n  user:\n    token: {}\n{}",
-        &admin[..users_at],
-        token.trim(),
-        admin[contexts_at..].replace("user: sigil-admin", "user: sa"),
-    );
-    let path = cluster
-        .control_plane
-        .dir()
-        .join(format!("{namespace}-{account}.kubeconfig"));
-    std::fs::write(&path, kubeconfig).expect("writing kubeconfig");
-    path
-}
-
 #[tokio::test]
 async fn the_charts_rbac_and_operator_args_manage_its_webhook_tls() {
     let cluster = TestCluster::shared().await;
@@ -967,7 +925,7 @@ async fn the_charts_rbac_and_operator_args_manage_its_webhook_tls() {
         args.contains(&"--manage-webhook-tls=true".to_owned()),
         "{args:?}"
     );
-    let kubeconfig = service_account_kubeconfig(cluster, &ns, &format!("{release}-sigil-operator"));
+    let kubeconfig = cluster.service_account_kubeconfig(&ns, &format!("{release}-sigil-operator"));
     let mut operator = Process::spawn(
         "operator",
         &sigil_tests::binary("operator"),
