@@ -15,11 +15,15 @@ export SIGIL_CONTROL_PLANE_BIN
 cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"
 
-# No process started by the tests may outlive them.
+# No process started by the tests may outlive them. Children die by
+# PR_SET_PDEATHSIG when their test process exits, which takes a moment: look
+# again for up to 10 s before calling it a leak.
 # Test control planes live in temp dirs named sigil-cp-<pid>-<n>.
-left=$(pgrep -a -f "sigil-cp-|target/debug/(operator|issuer)( |$)" || true)
-if [ -n "$left" ]; then
-  echo "FAIL: processes started by the tests are still running:" >&2
-  echo "$left" >&2
-  exit 1
-fi
+for _ in $(seq 20); do
+  left=$(pgrep -a -f "sigil-cp-|target/debug/(operator|issuer)( |$)" || true)
+  [ -z "$left" ] && exit 0
+  sleep 0.5
+done
+echo "FAIL: processes started by the tests are still running:" >&2
+echo "$left" >&2
+exit 1
