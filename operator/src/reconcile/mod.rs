@@ -88,6 +88,39 @@ pub fn until(now: Timestamp, at: Timestamp) -> Duration {
         .max(Duration::from_millis(100))
 }
 
+/// Writes `new` as the object's status with server-side apply, unless it
+/// equals `old` (no write, no watch event for nothing).
+pub async fn write_status<K, S>(
+    api: &kube::Api<K>,
+    name: &str,
+    old: &S,
+    new: S,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: PartialEq + serde::Serialize,
+{
+    if *old == new {
+        return Ok(());
+    }
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": new,
+    });
+    api.patch_status(
+        name,
+        &kube::api::PatchParams::apply(crate::FIELD_MANAGER).force(),
+        &kube::api::Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::kube(format!(
+        "writing the status of {} {name}",
+        K::kind(&())
+    )))?;
+    Ok(())
+}
+
 fn object_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
     format!(
         "{}/{}/{}",

@@ -30,7 +30,9 @@ use sigil_crds::{
     secret_keys, secret_verifier,
 };
 
-use super::{floor_second, ready_condition, ready_of, secret_is_ours, secret_owned_by, until};
+use super::{
+    floor_second, ready_condition, ready_of, secret_is_ours, secret_owned_by, until, write_status,
+};
 use crate::FIELD_MANAGER;
 use crate::context::{Context, Error, Result, jitter};
 
@@ -711,32 +713,6 @@ async fn reconcile_client(oac: &OAuthClient, ctx: &Context) -> Result<Action> {
         Some(due) => Action::requeue(until(now, due)),
         None => Action::await_change(),
     })
-}
-
-async fn write_status(
-    api: &Api<OAuthClient>,
-    name: &str,
-    old: &OAuthClientStatus,
-    new: OAuthClientStatus,
-) -> Result<()> {
-    if *old == new {
-        return Ok(());
-    }
-    let patch = serde_json::json!({
-        "apiVersion": OAuthClient::api_version(&()),
-        "kind": OAuthClient::kind(&()),
-        "status": new,
-    });
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(Error::kube(format!(
-        "writing the status of OAuthClient {name}"
-    )))?;
-    Ok(())
 }
 
 /// Deletes `name` if it is a Secret this OAuthClient controls.

@@ -29,7 +29,7 @@ use sigil_crds::{
     SigningKeyStatus, annotations, keys,
 };
 
-use super::{ready_condition, ready_of, secret_is_ours, until};
+use super::{ready_condition, ready_of, secret_is_ours, until, write_status};
 use crate::FIELD_MANAGER;
 use crate::context::{Context, Error, Result};
 
@@ -374,32 +374,6 @@ fn humantime(d: std::time::Duration) -> String {
     } else {
         format!("{secs}s")
     }
-}
-
-async fn write_status(
-    api: &Api<SigningKey>,
-    name: &str,
-    old: &SigningKeyStatus,
-    new: SigningKeyStatus,
-) -> Result<()> {
-    if *old == new {
-        return Ok(());
-    }
-    let patch = serde_json::json!({
-        "apiVersion": SigningKey::api_version(&()),
-        "kind": SigningKey::kind(&()),
-        "status": new,
-    });
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(Error::kube(format!(
-        "writing the status of SigningKey {name}"
-    )))?;
-    Ok(())
 }
 
 /// The keys of a status that are in a given state (for tests and tools).
