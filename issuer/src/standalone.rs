@@ -211,25 +211,28 @@ pub fn load_or_create_secrets(
 }
 
 fn write_secrets(path: &Path, secrets: &BTreeMap<String, String>) -> Result<(), StandaloneError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let failed = |source| StandaloneError::WriteSecrets {
         path: path.to_owned(),
         source,
     };
-    let text = serde_json::to_string_pretty(secrets).unwrap_or_default();
-    let temporary = path.with_extension("tmp-sigil");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temporary)
-        .map_err(failed)?;
-    file.write_all(text.as_bytes()).map_err(failed)?;
-    file.write_all(b"\n").map_err(failed)?;
-    file.sync_all().map_err(failed)?;
-    std::fs::rename(&temporary, path).map_err(failed)
+    let mut text =
+        serde_json::to_string_pretty(secrets).map_err(|e| failed(std::io::Error::other(e)))?;
+    text.push('\n');
+    write_private_file(path, text.as_bytes()).map_err(failed)
+}
+
+/// Replaces `path` atomically with `contents`, mode 0600 (the agent's
+/// crash-safe write: temp file, fsync, rename, fsync of the folder).
+fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| std::io::Error::other("not a file path"))?;
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    crate::agent::credentials::write_atomically(dir, name, contents, 0o600)
 }
 
 /// The client with the status the operator would have written: the
@@ -498,25 +501,14 @@ fn open_ring(
 
 fn save_ring(ring: &MemoryRing, state_dir: Option<&Path>) -> Result<(), StandaloneError> {
     let Some(dir) = state_dir else { return Ok(()) };
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = state_file(dir, &ring.name);
-    let failed = |e: std::io::Error| StandaloneError::State {
+    let failed = |reason: String| StandaloneError::State {
         path: path.clone(),
-        reason: e.to_string(),
+        reason,
     };
-    std::fs::create_dir_all(dir).map_err(failed)?;
-    let temporary = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temporary)
-        .map_err(failed)?;
-    file.write_all(serde_json::to_string(ring).unwrap_or_default().as_bytes())
-        .map_err(failed)?;
-    std::fs::rename(&temporary, &path).map_err(failed)
+    std::fs::create_dir_all(dir).map_err(|e| failed(e.to_string()))?;
+    let text = serde_json::to_string(ring).map_err(|e| failed(e.to_string()))?;
+    write_private_file(&path, text.as_bytes()).map_err(|e| failed(e.to_string()))
 }
 
 /// Creates the rings of `signing_keys` (plus a default ES256 ring named
