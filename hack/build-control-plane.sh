@@ -1,19 +1,27 @@
 #!/usr/bin/env bash
-# Builds the upstream control-plane binaries Sigil's tests and local run use
-# (kube-apiserver, kube-controller-manager, kubectl, etcd, helm) from their Go
-# modules through the Go module proxy, like controller-runtime's envtest but
-# without downloading release binaries. Idempotent: a second run finds the
-# cached binaries and builds nothing.
+# Builds the upstream binaries Sigil's tests and local run use
+# (kube-apiserver, kube-controller-manager, kubectl, etcd, helm) from the Go
+# tool modules committed under hack/tools/, like controller-runtime's envtest
+# but without downloading release binaries.
 #
-# Prints the bin directory on its last line of stdout.
+# Nothing here chooses a version: each tool module's go.mod and go.sum pin
+# every module exactly, and builds run with -mod=readonly, so a newer release
+# on the module proxy cannot change what is built. To change a version, edit
+# the tool module (see the comment at the top of its go.mod) and the matching
+# *_VERSION below; hack/check-go-pins.sh fails when the two disagree.
+#
+# Idempotent: binaries in the cache are kept when they report the pinned
+# version, and rebuilt when they do not. Prints the bin directory on its last
+# line of stdout.
 set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+TOOLS="$ROOT/hack/tools"
 
-K8S_VERSION=${SIGIL_K8S_VERSION:-v1.36.3}
-ETCD_VERSION=${SIGIL_ETCD_VERSION:-v3.6.16}
-HELM_VERSION=${SIGIL_HELM_VERSION:-v3.21.4}
+K8S_VERSION=v1.36.3
+ETCD_VERSION=v3.6.16
+HELM_VERSION=v3.21.4
 CACHE=${SIGIL_CACHE:-$HOME/.cache/sigil}
 BIN="$CACHE/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION/bin"
-WORK="$CACHE/build"
 
 log() { echo "[control-plane] $*" >&2; }
 
@@ -23,102 +31,78 @@ case "$(go env GOVERSION)" in
   go1.2[0-6]*) ;;
   *) export GOEXPERIMENT="${GOEXPERIMENT:+$GOEXPERIMENT,}nojsonv2" ;;
 esac
-export GOFLAGS="-buildvcs=false -trimpath"
+export GOFLAGS="-mod=readonly -buildvcs=false -trimpath"
 export CGO_ENABLED=0
+# Never let the go command fetch a different toolchain either.
+export GOTOOLCHAIN=local
 
-need=()
-for b in kube-apiserver kube-controller-manager kubectl etcd helm; do
-  [ -x "$BIN/$b" ] || need+=("$b")
-done
-if [ ${#need[@]} -eq 0 ]; then
-  log "cached in $BIN"
-  echo "$BIN"
-  exit 0
+bash "$ROOT/hack/check-go-pins.sh" >&2
+
+# The versions above and the tool modules must agree, staging modules included.
+mod_version() { (cd "$TOOLS/$1" && go list -m -f '{{.Version}}' "$2"); }
+staging="v0.${K8S_VERSION#v1.}"
+off_staging=$(grep -E '^\s+k8s.io/[a-z0-9-]+ => ' "$TOOLS/kubernetes/go.mod" | grep -v " $staging\$" || true)
+if [ "$(mod_version kubernetes k8s.io/kubernetes)" != "$K8S_VERSION" ] || [ -n "$off_staging" ] ||
+  [ "$(mod_version etcd go.etcd.io/etcd/server/v3)" != "$ETCD_VERSION" ] ||
+  [ "$(mod_version helm helm.sh/helm/v3)" != "$HELM_VERSION" ]; then
+  log "FAIL: hack/tools/*/go.mod do not pin Kubernetes $K8S_VERSION (staging $staging), etcd $ETCD_VERSION, helm $HELM_VERSION"
+  [ -z "$off_staging" ] || log "staging replaces not at $staging: $off_staging"
+  exit 1
 fi
-mkdir -p "$BIN" "$WORK"
-log "building ${need[*]} (cold build takes ~15-25 min on 2 cores)"
 
-# k8s.io/kubernetes points its staging modules at ./staging with replace
-# directives, which `go install pkg@version` cannot honour: build from a
-# throwaway module that pins every staging module to the matching v0.x.y.
-build_kubernetes() {
-  local dir="$WORK/kubernetes-$K8S_VERSION" staging
-  staging="v0.${K8S_VERSION#v1.}"
-  mkdir -p "$dir"
-  (
-    cd "$dir"
-    if [ ! -f .resolved ]; then
-      rm -f go.mod go.sum tools.go
-      go mod init sigil.local/controlplane >/dev/null 2>&1
-      local mod
-      mod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
-      {
-        echo "require k8s.io/kubernetes $K8S_VERSION"
-        echo "replace ("
-        sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/src/.*#\1#p' "$mod" | while read -r m; do
-          # sample-* modules are not all published; nothing here imports them.
-          case "$m" in k8s.io/sample-*) continue ;; esac
-          echo "  $m => $m $staging"
-        done
-        echo ")"
-      } >> go.mod
-      cat > tools.go <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-)
-GO
-      go mod tidy -e >/dev/null 2>&1 || true
-      go mod download
-      go get k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
-      touch .resolved
-    fi
-    for b in kube-apiserver kube-controller-manager kubectl; do
-      [ -x "$BIN/$b" ] && continue
-      log "go build $b ($K8S_VERSION)"
-      go build -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${K8S_VERSION#v1.}" \
-        -o "$BIN/$b.tmp" "k8s.io/kubernetes/cmd/$b"
-      mv "$BIN/$b.tmp" "$BIN/$b"
-    done
-  )
-}
-
-# etcd's server module also has replace directives (to ../api etc.), but its
-# sibling modules are published at the same version, so plain requires work;
-# helm needs nothing special. Both: a throwaway module, `go get`, `go build`.
-# Usage: build_module NAME MODULE@VERSION PACKAGE LDFLAGS
-build_module() {
-  local name=$1 module=$2 package=$3 ldflags=$4
-  local dir="$WORK/$name-${module##*@}"
-  mkdir -p "$dir"
-  (
-    cd "$dir"
-    if [ ! -f .resolved ]; then
-      rm -f go.mod go.sum
-      go mod init "sigil.local/$name" >/dev/null 2>&1
-      go get "$package@${module##*@}"
-      touch .resolved
-    fi
-    log "go build $name (${module##*@})"
-    go build -ldflags "$ldflags" -o "$BIN/$name.tmp" "$package"
-    mv "$BIN/$name.tmp" "$BIN/$name"
-  )
-}
-
-for b in "${need[@]}"; do
+# The version a cached binary reports, as the string we pin (vX.Y.Z).
+reported_version() {
+  local b=$1 out
   case "$b" in
-    kube-apiserver|kube-controller-manager|kubectl) build_kubernetes; break ;;
+    kube-apiserver|kube-controller-manager|kube-scheduler|kube-proxy|kubelet)
+      out=$("$BIN/$b" --version 2>/dev/null) ;;                 # Kubernetes v1.36.3
+    kubectl) out=$("$BIN/$b" version --client 2>/dev/null) ;;   # Client Version: v1.36.3
+    etcd) out=$("$BIN/$b" --version 2>/dev/null) ;;             # etcd Version: 3.6.16
+    helm) out=$("$BIN/$b" version --template '{{.Version}}' 2>/dev/null) ;;
   esac
-done
-[ -x "$BIN/etcd" ] || build_module etcd "go.etcd.io/etcd/server/v3@$ETCD_VERSION" \
-  go.etcd.io/etcd/server/v3 "-s -w"
-[ -x "$BIN/helm" ] || build_module helm "helm.sh/helm/v3@$HELM_VERSION" \
-  helm.sh/helm/v3/cmd/helm "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  grep -oE 'v?[0-9]+\.[0-9]+\.[0-9]+' <<<"$out" | head -n 1 | sed 's/^\([0-9]\)/v\1/'
+}
 
-log "built into $BIN"
+pinned_version() {
+  case "$1" in
+    etcd) echo "$ETCD_VERSION" ;;
+    helm) echo "$HELM_VERSION" ;;
+    *) echo "$K8S_VERSION" ;;
+  esac
+}
+
+# Usage: build TOOL_MODULE_DIR BINARY PACKAGE LDFLAGS
+build() {
+  local dir=$1 b=$2 package=$3 ldflags=$4
+  log "go build $b $(pinned_version "$b") (from hack/tools/$dir)"
+  (cd "$TOOLS/$dir" && go build -ldflags "$ldflags" -o "$BIN/$b.tmp" "$package")
+  mv "$BIN/$b.tmp" "$BIN/$b"
+}
+
+k8s_ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(cut -d. -f2 <<<"$K8S_VERSION")"
+mkdir -p "$BIN"
+log "pinned: Kubernetes $K8S_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION"
+built=0
+for b in kube-apiserver kube-controller-manager kubectl etcd helm; do
+  want=$(pinned_version "$b")
+  if [ -x "$BIN/$b" ]; then
+    have=$(reported_version "$b" || true)
+    [ "$have" = "$want" ] && continue
+    log "$b in the cache reports '${have:-nothing}', not $want: rebuilding"
+  fi
+  [ $built -eq 0 ] && log "cold build of the missing binaries takes ~20-30 min on 2 cores"
+  built=1
+  case "$b" in
+    etcd) build etcd etcd go.etcd.io/etcd/server/v3 "-s -w" ;;
+    helm) build helm helm helm.sh/helm/v3/cmd/helm \
+      "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" ;;
+    *) build kubernetes "$b" "k8s.io/kubernetes/cmd/$b" "$k8s_ldflags" ;;
+  esac
+  have=$(reported_version "$b" || true)
+  if [ "$have" != "$want" ]; then
+    log "FAIL: freshly built $b reports '${have:-nothing}', not $want"
+    exit 1
+  fi
+done
+[ $built -eq 0 ] && log "cached in $BIN" || log "built into $BIN"
 echo "$BIN"

@@ -257,7 +257,8 @@ pub async fn go_verifier() -> PathBuf {
             let out =
                 sigil_tests::cluster::workspace_root().join("target/interop/sigil-interop-go");
             let status = tokio::process::Command::new("go")
-                .args(["build", "-o"])
+                // -mod=readonly: go.mod and go.sum pin every module; never resolve.
+                .args(["build", "-mod=readonly", "-o"])
                 .arg(&out)
                 .arg(".")
                 .current_dir(interop_dir("go"))
