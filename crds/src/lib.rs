@@ -10,11 +10,15 @@
 #![allow(clippy::duplicated_attributes)]
 
 pub mod backoff;
-pub mod keys;
+pub mod conditions;
 pub mod oauth_client;
 pub mod ring;
 pub mod signing_key;
+pub mod validate;
 mod validation;
+pub mod watch;
+
+pub use validation::RESERVED_CLAIMS;
 
 use std::time::Duration;
 
@@ -56,8 +60,7 @@ pub mod secret_keys {
     pub const CREDENTIALS_JSON: &str = "credentials.json";
 }
 
-/// Condition type every Sigil resource reports.
-pub const CONDITION_READY: &str = "Ready";
+pub use conditions::{CONDITION_READY, Reason};
 
 /// Parses a Go-style duration string (`90s`, `1h30m`) as the CRD schema
 /// accepts it. Negative durations are refused.
@@ -94,13 +97,8 @@ pub fn crd_manifests() -> anyhow::Result<Vec<(&'static str, String)>> {
     ])
 }
 
-/// The verifier the operator records in `status.secretVerifiers` and the
-/// issuer checks: lower-case hex SHA-256 of the secret's bytes. A plain hash
-/// is enough because every secret is 256 random bits (DESIGN.md §7).
-pub fn secret_verifier(secret: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(secret.as_bytes()))
-}
+/// One implementation of the verifier, in the kube-free core.
+pub use sigil_core::secret::secret_verifier;
 
 #[cfg(test)]
 mod tests {

@@ -8,10 +8,59 @@ use kube::CustomResource;
 use schemars::{JsonSchema, Schema};
 use serde::{Deserialize, Serialize};
 
-use crate::validation::{self, add_rule, duration_schema, list_set};
+use crate::validation::{self, DurationBounds, add_rule, duration_schema, list_set};
 
 /// Default access-token lifetime.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+// The limits and messages of the schema below, named once: the schema
+// attributes and CEL rules use them, and so does `crate::validate`, so a
+// manifest the API server refuses is refused the same way in standalone mode.
+
+pub const DISPLAY_NAME_MAX_LENGTH: usize = 256;
+pub const CLIENT_ID_MAX_LENGTH: usize = 253;
+pub const SCOPES_MAX_ITEMS: usize = 256;
+pub const SCOPE_MAX_LENGTH: usize = 256;
+pub const AUDIENCES_MAX_ITEMS: usize = 64;
+pub const AUDIENCE_MAX_LENGTH: usize = 256;
+pub const SECRET_NAME_MAX_LENGTH: usize = 253;
+pub const SIGNING_KEY_NAME_MAX_LENGTH: usize = 63;
+pub const JWKS_MAX_KEYS: usize = 16;
+pub const JWK_KID_MAX_LENGTH: usize = 256;
+pub const JWK_ALG_MAX_LENGTH: usize = 32;
+/// The `kty` values a client's JWK may have, in schema order.
+pub const JWK_KEY_TYPES: &[&str] = &["EC", "RSA", "OKP"];
+/// JWK members that only a private key has; their presence is refused.
+pub const JWK_PRIVATE_MEMBERS: &[&str] = &["d", "p", "q"];
+pub const ADDITIONAL_CLAIMS_MAX_PROPERTIES: usize = 32;
+
+pub const TOKEN_TTL_BOUNDS: DurationBounds = DurationBounds {
+    field: "tokenTTL",
+    min: Some("1m"),
+    max: Some("24h"),
+};
+pub const ROTATION_INTERVAL_BOUNDS: DurationBounds = DurationBounds {
+    field: "interval",
+    min: Some("10s"),
+    max: None,
+};
+pub const GRACE_PERIOD_BOUNDS: DurationBounds = DurationBounds::unbounded("gracePeriod");
+
+pub const JWKS_REQUIRED_MESSAGE: &str =
+    "jwks is required when authMethods contains private_key_jwt";
+pub const JWKS_WITHOUT_PRIVATE_KEY_JWT_MESSAGE: &str =
+    "jwks is only used with private_key_jwt: add it to authMethods";
+pub const JWKS_PUBLIC_KEYS_ONLY_MESSAGE: &str =
+    "jwks must hold public keys only: remove the private members (d, p, q, ...)";
+pub const GRACE_PERIOD_MESSAGE: &str = "gracePeriod must be shorter than interval";
+
+/// The message of the `additionalClaims` rule, listing the reserved claims.
+pub fn reserved_claims_message() -> String {
+    format!(
+        "additionalClaims may not set registered or Sigil-owned claims ({})",
+        validation::RESERVED_CLAIMS.join(", ")
+    )
+}
 
 /// An OAuth2 client-credentials client. The operator writes its credentials
 /// to a Secret in the same namespace; the issuer hands it access tokens.
@@ -52,23 +101,23 @@ pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
 pub struct OAuthClientSpec {
     /// Free-text name shown to people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = DISPLAY_NAME_MAX_LENGTH))]
     pub display_name: Option<String>,
 
     /// The OAuth2 client_id; default `<name>.<namespace>`. Must be unique in
     /// the cluster. Letters, digits, `.`, `_` and `-` only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), pattern(validation::CLIENT_ID_PATTERN))]
+    #[schemars(length(min = 1, max = CLIENT_ID_MAX_LENGTH), pattern(validation::CLIENT_ID_PATTERN))]
     pub client_id: Option<String>,
 
     /// Scopes this client may be granted (RFC 6749 §3.3 scope-tokens).
     #[serde(default)]
-    #[schemars(length(max = 256), inner(length(max = 256), pattern(validation::SCOPE_TOKEN_PATTERN)), transform = list_set)]
+    #[schemars(length(max = SCOPES_MAX_ITEMS), inner(length(max = SCOPE_MAX_LENGTH), pattern(validation::SCOPE_TOKEN_PATTERN)), transform = list_set)]
     pub scopes: Vec<String>,
 
     /// Audiences this client may ask tokens for.
     #[serde(default)]
-    #[schemars(length(max = 64), inner(length(min = 1, max = 256), pattern(validation::AUDIENCE_PATTERN)), transform = list_set)]
+    #[schemars(length(max = AUDIENCES_MAX_ITEMS), inner(length(min = 1, max = AUDIENCE_MAX_LENGTH), pattern(validation::AUDIENCE_PATTERN)), transform = list_set)]
     pub audiences: Vec<String>,
 
     /// Access-token lifetime, a duration such as `10m` or `1h` (1m to 24h;
@@ -89,7 +138,7 @@ pub struct OAuthClientSpec {
 
     /// Name of the Secret to write; default `<name>-oauth`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), pattern(validation::DNS_SUBDOMAIN_PATTERN))]
+    #[schemars(length(min = 1, max = SECRET_NAME_MAX_LENGTH), pattern(validation::DNS_SUBDOMAIN_PATTERN))]
     pub secret_name: Option<String>,
 
     /// Rotate the generated client secret periodically.
@@ -99,7 +148,7 @@ pub struct OAuthClientSpec {
     /// Name of the `SigningKey` (in the issuer's namespace) that signs this
     /// client's tokens; default the issuer's default key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 63), pattern(validation::DNS_LABEL_PATTERN))]
+    #[schemars(length(min = 1, max = SIGNING_KEY_NAME_MAX_LENGTH), pattern(validation::DNS_LABEL_PATTERN))]
     pub signing_key: Option<String>,
 
     /// Static claims added to every token of this client. Registered and
@@ -136,7 +185,7 @@ impl AuthMethod {
 /// A JWK Set (RFC 7517) holding public keys only.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct ClientJwks {
-    #[schemars(length(min = 1, max = 16))]
+    #[schemars(length(min = 1, max = JWKS_MAX_KEYS))]
     pub keys: Vec<PublicJwk>,
 }
 
@@ -156,23 +205,28 @@ impl JsonSchema for PublicJwk {
     }
 
     fn json_schema(_: &mut schemars::SchemaGenerator) -> Schema {
+        let mut properties = serde_json::json!({
+            "kty": { "type": "string", "enum": JWK_KEY_TYPES },
+            "kid": { "type": "string", "maxLength": JWK_KID_MAX_LENGTH },
+            "alg": { "type": "string", "maxLength": JWK_ALG_MAX_LENGTH },
+        });
+        // The private members are declared only so the CEL rule below can
+        // see them: a JWK with any of them is a private key.
+        for member in JWK_PRIVATE_MEMBERS {
+            properties[*member] = serde_json::json!({ "type": "string" });
+        }
+        let absent: Vec<String> = JWK_PRIVATE_MEMBERS
+            .iter()
+            .map(|m| format!("!has(self.{m})"))
+            .collect();
         schemars::json_schema!({
             "type": "object",
             "required": ["kty"],
-            "properties": {
-                "kty": { "type": "string", "enum": ["EC", "RSA", "OKP"] },
-                "kid": { "type": "string", "maxLength": 256 },
-                "alg": { "type": "string", "maxLength": 32 },
-                // Declared only so the CEL rule below can see them: a JWK
-                // with any of these is a private key.
-                "d": { "type": "string" },
-                "p": { "type": "string" },
-                "q": { "type": "string" }
-            },
+            "properties": properties,
             "x-kubernetes-preserve-unknown-fields": true,
             "x-kubernetes-validations": [{
-                "rule": "!has(self.d) && !has(self.p) && !has(self.q)",
-                "message": "jwks must hold public keys only: remove the private members (d, p, q, ...)"
+                "rule": absent.join(" && "),
+                "message": JWKS_PUBLIC_KEYS_ONLY_MESSAGE
             }]
         })
     }
@@ -270,34 +324,34 @@ fn spec_rules(schema: &mut Schema) {
     add_rule(
         schema,
         "!has(self.authMethods) || !self.authMethods.exists(m, m == 'private_key_jwt') || has(self.jwks)",
-        "jwks is required when authMethods contains private_key_jwt",
+        JWKS_REQUIRED_MESSAGE,
         Some(".jwks"),
     );
     add_rule(
         schema,
         "!has(self.jwks) || (has(self.authMethods) && self.authMethods.exists(m, m == 'private_key_jwt'))",
-        "jwks is only used with private_key_jwt: add it to authMethods",
+        JWKS_WITHOUT_PRIVATE_KEY_JWT_MESSAGE,
         Some(".authMethods"),
     );
 }
 
 fn token_ttl_schema(schema: &mut Schema) {
-    duration_schema(schema, "tokenTTL", Some("1m"), Some("24h"));
+    duration_schema(schema, &TOKEN_TTL_BOUNDS);
 }
 
 fn rotation_interval_schema(schema: &mut Schema) {
-    duration_schema(schema, "interval", Some("10s"), None);
+    duration_schema(schema, &ROTATION_INTERVAL_BOUNDS);
 }
 
 fn grace_period_schema(schema: &mut Schema) {
-    duration_schema(schema, "gracePeriod", None, None);
+    duration_schema(schema, &GRACE_PERIOD_BOUNDS);
 }
 
 fn secret_rotation_rules(schema: &mut Schema) {
     add_rule(
         schema,
         "duration(self.gracePeriod) < duration(self.interval)",
-        "gracePeriod must be shorter than interval",
+        GRACE_PERIOD_MESSAGE,
         Some(".gracePeriod"),
     );
 }
@@ -324,16 +378,13 @@ fn additional_claims_schema(schema: &mut Schema) {
         "type": "object",
         "description": schema.get("description").cloned().unwrap_or_default(),
         "properties": reserved,
-        "maxProperties": 32,
+        "maxProperties": ADDITIONAL_CLAIMS_MAX_PROPERTIES,
         "x-kubernetes-preserve-unknown-fields": true,
     });
     add_rule(
         schema,
         &present.join(" && "),
-        &format!(
-            "additionalClaims may not set registered or Sigil-owned claims ({})",
-            validation::RESERVED_CLAIMS.join(", ")
-        ),
+        &reserved_claims_message(),
         None,
     );
 }

@@ -100,8 +100,6 @@ pub struct Plan {
     pub active_kid: Option<String>,
     /// A key to generate now.
     pub new_key: Option<NewKey>,
-    /// Keys that left the ring: drop them from status, then from storage.
-    pub dropped: Vec<String>,
     /// The next instant at which the plan changes by itself (a key
     /// activates, a successor is due, a retired key expires). `None` only
     /// if nothing is scheduled (cannot happen with an active key).
@@ -214,14 +212,12 @@ pub fn plan(policy: &RingPolicy, current: &[KeyStatus], now: Timestamp, forced: 
 
     // 2. Retired keys leave the ring `retireAfter` after they stopped
     //    signing. A retired key without a time is kept from now on.
-    let mut dropped = Vec::new();
     keys.retain_mut(|key| {
         if key.state != KeyState::Retired {
             return true;
         }
         let retired = key.retires_at.get_or_insert(Time(switch_time)).0;
         if retired + retire_after <= now {
-            dropped.push(key.kid.clone());
             changes.push(Change::Dropped {
                 kid: key.kid.clone(),
             });
@@ -313,7 +309,6 @@ pub fn plan(policy: &RingPolicy, current: &[KeyStatus], now: Timestamp, forced: 
         active_kid: active.map(|i| keys[i].kid.clone()),
         keys,
         new_key,
-        dropped,
         requeue_at,
         changes,
     }
@@ -362,6 +357,17 @@ fn earliest(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The kids a plan dropped from the ring (its `Dropped` changes).
+    fn dropped_kids(p: &Plan) -> Vec<String> {
+        p.changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Dropped { kid } => Some(kid.clone()),
+                _ => None,
+            })
+            .collect()
+    }
     use std::collections::HashMap;
 
     const HOUR: u64 = 3600;
@@ -478,7 +484,7 @@ mod tests {
         let p = plan(&policy(), &ring, at(d(3)), false);
         assert_eq!(p.keys, ring);
         assert_eq!(p.new_key, None);
-        assert!(p.dropped.is_empty() && p.changes.is_empty());
+        assert!(p.changes.is_empty());
         assert_eq!(p.active_kid.as_deref(), Some("a"));
         assert_eq!(p.requeue_at, Some(at(d(29))));
         // One second early: still nothing.
@@ -542,7 +548,7 @@ mod tests {
         let kept = plan(&policy(), &switched.keys, at(d(32) - 1), false);
         assert_eq!(kept.keys, switched.keys);
         let dropped = plan(&policy(), &switched.keys, at(d(32)), false);
-        assert_eq!(dropped.dropped, vec!["a".to_string()]);
+        assert_eq!(dropped_kids(&dropped), vec!["a".to_string()]);
         assert_eq!(
             dropped.keys,
             vec![key("b", KeyState::Active, d(29), d(30), None)]
@@ -593,7 +599,7 @@ mod tests {
                     retired.entry(k.kid.clone()).or_insert(now);
                 }
             }
-            for kid in &p.dropped {
+            for kid in &dropped_kids(&p) {
                 removed.insert(kid.clone(), now);
             }
             let next = p.requeue_at.expect("scheduled");
@@ -692,7 +698,7 @@ mod tests {
         let p = plan(&policy(), &ring, now, false);
         assert_eq!(p.active_kid.as_deref(), Some("b"));
         assert!(
-            p.dropped.is_empty(),
+            dropped_kids(&p).is_empty(),
             "a is not dropped right after it stopped signing"
         );
         assert_eq!(
@@ -705,7 +711,7 @@ mod tests {
         // b's successor: one interval after b really started.
         assert_eq!(p.requeue_at, Some(at(d(95) + 1 + d(2))));
         let later = plan(&policy(), &p.keys, at(d(97) + 1), false);
-        assert_eq!(later.dropped, vec!["a".to_string()]);
+        assert_eq!(dropped_kids(&later), vec!["a".to_string()]);
         assert_eq!(later.requeue_at, Some(at(d(95) + 1 + d(29))));
     }
 
@@ -716,7 +722,7 @@ mod tests {
             key("b", KeyState::Active, d(29), d(30), None),
         ];
         let p = plan(&policy(), &ring, at(d(40)), false);
-        assert_eq!(p.dropped, vec!["a".to_string()]);
+        assert_eq!(dropped_kids(&p), vec!["a".to_string()]);
         assert_eq!(p.active_kid.as_deref(), Some("b"));
     }
 
@@ -883,7 +889,7 @@ mod tests {
                     }
                 }
                 // A dropped key stopped signing at least retireAfter ago.
-                for kid in &p.dropped {
+                for kid in &dropped_kids(&p) {
                     let last = last_active.get(kid).copied().unwrap_or(first_seen[kid]);
                     assert!(
                         now.duration_since(last)

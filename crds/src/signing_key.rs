@@ -7,7 +7,9 @@ use kube::CustomResource;
 use schemars::{JsonSchema, Schema};
 use serde::{Deserialize, Serialize};
 
-use crate::validation::{add_rule, duration_schema};
+pub use sigil_core::SigningAlgorithm;
+
+use crate::validation::{DurationBounds, add_rule, duration_schema};
 
 pub const DEFAULT_ROTATION_INTERVAL: Duration = Duration::from_secs(30 * 24 * 3600);
 pub const DEFAULT_PRE_PUBLISH: Duration = Duration::from_secs(24 * 3600);
@@ -78,42 +80,6 @@ pub struct SigningKeySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = retire_after_schema)]
     pub retire_after: Option<String>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
-pub enum SigningAlgorithm {
-    #[default]
-    ES256,
-    ES384,
-    RS256,
-    RS384,
-    RS512,
-    PS256,
-    EdDSA,
-}
-
-impl SigningAlgorithm {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SigningAlgorithm::ES256 => "ES256",
-            SigningAlgorithm::ES384 => "ES384",
-            SigningAlgorithm::RS256 => "RS256",
-            SigningAlgorithm::RS384 => "RS384",
-            SigningAlgorithm::RS512 => "RS512",
-            SigningAlgorithm::PS256 => "PS256",
-            SigningAlgorithm::EdDSA => "EdDSA",
-        }
-    }
-
-    pub fn is_rsa(self) -> bool {
-        matches!(
-            self,
-            SigningAlgorithm::RS256
-                | SigningAlgorithm::RS384
-                | SigningAlgorithm::RS512
-                | SigningAlgorithm::PS256
-        )
-    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -188,35 +154,54 @@ fn parse_or(value: &Option<String>, default: Duration) -> Duration {
         .unwrap_or(default)
 }
 
+// The values and messages of the schema's rules, named once: the schema
+// uses them, and so does `crate::validate`.
+
+/// The RSA modulus sizes `rsaBits` may take, in schema order.
+pub const RSA_BITS_VALUES: &[u32] = &[2048, 3072, 4096];
+pub const RSA_BITS_ONLY_FOR_RSA_MESSAGE: &str =
+    "rsaBits applies only to the RSA algorithms RS256, RS384, RS512 and PS256";
+pub const PRE_PUBLISH_SHORTER_MESSAGE: &str =
+    "prePublish must be shorter than rotationInterval (defaults: 24h and 720h)";
+pub const ROTATION_INTERVAL_BOUNDS: DurationBounds = DurationBounds {
+    field: "rotationInterval",
+    min: Some("1s"),
+    max: None,
+};
+pub const PRE_PUBLISH_BOUNDS: DurationBounds = DurationBounds::unbounded("prePublish");
+pub const RETIRE_AFTER_BOUNDS: DurationBounds = DurationBounds::unbounded("retireAfter");
+
 fn spec_rules(schema: &mut Schema) {
     add_rule(
         schema,
         "!has(self.rsaBits) || self.algorithm in ['RS256', 'RS384', 'RS512', 'PS256']",
-        "rsaBits applies only to the RSA algorithms RS256, RS384, RS512 and PS256",
+        RSA_BITS_ONLY_FOR_RSA_MESSAGE,
         Some(".rsaBits"),
     );
+    // The defaults in the rule are DEFAULT_PRE_PUBLISH and
+    // DEFAULT_ROTATION_INTERVAL (a test in `crate::validate` holds them equal).
     add_rule(
         schema,
         "duration(has(self.prePublish) ? self.prePublish : '24h') < duration(has(self.rotationInterval) ? self.rotationInterval : '720h')",
-        "prePublish must be shorter than rotationInterval (defaults: 24h and 720h)",
+        PRE_PUBLISH_SHORTER_MESSAGE,
         Some(".prePublish"),
     );
 }
 
 fn rsa_bits_schema(schema: &mut Schema) {
-    schema.insert("enum".into(), serde_json::json!([2048, 3072, 4096]));
+    schema.insert("enum".into(), serde_json::json!(RSA_BITS_VALUES));
 }
 
 fn rotation_interval_schema(schema: &mut Schema) {
-    duration_schema(schema, "rotationInterval", Some("1s"), None);
+    duration_schema(schema, &ROTATION_INTERVAL_BOUNDS);
 }
 
 fn pre_publish_schema(schema: &mut Schema) {
-    duration_schema(schema, "prePublish", None, None);
+    duration_schema(schema, &PRE_PUBLISH_BOUNDS);
 }
 
 fn retire_after_schema(schema: &mut Schema) {
-    duration_schema(schema, "retireAfter", None, None);
+    duration_schema(schema, &RETIRE_AFTER_BOUNDS);
 }
 
 #[cfg(test)]

@@ -16,10 +16,10 @@ use tower::ServiceExt;
 
 use crate::app::{self, App, Settings};
 use crate::metrics::Metrics;
-use crate::signer::{ParsedKey, generate_pkcs8_der};
 use crate::standalone;
 use crate::store::test_support::ring_with_keys;
 use crate::store::{ClientEntry, Store, TokenTyp};
+use sigil_core::keys::{ParsedKey, generate_pkcs8_der};
 
 const ISSUER: &str = "https://sigil.example";
 const TASK_ID: &str = "task-service.tasks";
@@ -124,7 +124,7 @@ fn fixture_with(settings: Settings) -> Fixture {
 
 fn settings() -> Settings {
     Settings {
-        issuer_url: ISSUER.into(),
+        issuer_url: sigil_core::IssuerUrl::parse(ISSUER).expect("a valid URL"),
         token_typ: TokenTyp::AtJwt,
         failed_auth_per_minute: NonZeroU32::new(60).expect("nonzero"),
     }
@@ -973,7 +973,8 @@ async fn both_discovery_documents_derive_from_the_issuer_url() {
 #[tokio::test]
 async fn issuer_url_with_a_path_moves_every_endpoint_under_it() {
     let f = fixture_with(Settings {
-        issuer_url: "https://sigil.example/tenant".into(),
+        issuer_url: sigil_core::IssuerUrl::parse("https://sigil.example/tenant")
+            .expect("a valid URL"),
         ..settings()
     });
     let router = app::api_router(f.app.clone());
@@ -1327,24 +1328,6 @@ async fn logs_never_contain_secrets_tokens_or_assertions() {
     }
     let signature = access_token.rsplit('.').next().expect("sig");
     assert!(!logs.contains(signature));
-}
-
-#[test]
-fn issuer_kid_matches_the_shared_keys_module() {
-    // The operator computes kids with sigil_crds::keys; ours must agree.
-    for algorithm in [
-        SigningAlgorithm::ES256,
-        SigningAlgorithm::EdDSA,
-        SigningAlgorithm::RS256,
-    ] {
-        let generated = sigil_crds::keys::generate(algorithm, 2048).expect("generate");
-        let parsed = ParsedKey::from_pkcs8_pem(algorithm, &generated.pkcs8_pem).expect("parse");
-        assert_eq!(parsed.thumbprint(), generated.kid, "{algorithm:?}");
-        let jwk = sigil_crds::keys::public_jwk(algorithm, &generated.pkcs8_pem).expect("jwk");
-        let ours: jsonwebtoken::jwk::Jwk =
-            serde_json::from_value(parsed.public_jwk(&generated.kid)).expect("jwk");
-        assert_eq!(ours.algorithm, jwk.algorithm, "{algorithm:?}");
-    }
 }
 
 #[allow(dead_code)]

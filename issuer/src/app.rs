@@ -15,6 +15,11 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use bytes::Bytes;
 
+use sigil_core::IssuerUrl;
+use sigil_core::issuer_url::{
+    INTROSPECTION_PATH, JWKS_PATH, OAUTH_METADATA_PATH, OPENID_CONFIGURATION_PATH, TOKEN_PATH,
+};
+
 use crate::metrics::Metrics;
 use crate::ratelimit::FailedAuthLimiter;
 use crate::store::{Store, TokenTyp};
@@ -23,10 +28,6 @@ use crate::{discovery, introspect, jwks, token};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error(
-        "the issuer URL {0:?} must be an absolute http(s) URL without a trailing '/', query or fragment"
-    )]
-    IssuerUrl(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -48,7 +49,7 @@ pub enum ServeError {
 /// Deployment-wide settings of the HTTP API.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    pub issuer_url: String,
+    pub issuer_url: IssuerUrl,
     pub token_typ: TokenTyp,
     /// Failed client authentications allowed per minute, per source
     /// address and per client id.
@@ -70,42 +71,20 @@ pub struct App {
     pub metadata: Bytes,
 }
 
-/// The path of an issuer URL, or an error if it is not a plain absolute
-/// http(s) URL.
-pub fn issuer_path(issuer_url: &str) -> Result<String, ServeError> {
-    let bad = || ServeError::IssuerUrl(issuer_url.to_owned());
-    let rest = issuer_url
-        .strip_prefix("https://")
-        .or_else(|| issuer_url.strip_prefix("http://"))
-        .ok_or_else(bad)?;
-    if issuer_url.ends_with('/') || issuer_url.contains(['?', '#', ' ']) {
-        return Err(bad());
-    }
-    let (host, path) = match rest.find('/') {
-        Some(slash) => rest.split_at(slash),
-        None => (rest, ""),
-    };
-    if host.is_empty() {
-        return Err(bad());
-    }
-    Ok(path.to_owned())
-}
-
 impl App {
     pub fn new(
         store: Arc<Store>,
         metrics: Arc<Metrics>,
         settings: &Settings,
     ) -> Result<Self, ServeError> {
-        let base_path = issuer_path(&settings.issuer_url)?;
-        let issuer = settings.issuer_url.clone();
+        let url = &settings.issuer_url;
         Ok(App {
             store,
-            token_endpoint: format!("{issuer}/oauth2/token"),
-            introspection_endpoint: format!("{issuer}/oauth2/introspect"),
-            metadata: discovery::metadata_json(&issuer),
-            issuer,
-            base_path,
+            token_endpoint: url.token_endpoint(),
+            introspection_endpoint: url.introspection_endpoint(),
+            metadata: discovery::metadata_json(url),
+            issuer: url.to_string(),
+            base_path: url.path().to_owned(),
             token_typ: settings.token_typ,
             limiter: FailedAuthLimiter::new(settings.failed_auth_per_minute),
             replay: ReplayCache::default(),
@@ -126,27 +105,24 @@ impl App {
 pub fn api_router(app: Arc<App>) -> Router {
     let base = app.base_path.clone();
     let mut router = Router::new()
-        .route(&format!("{base}/oauth2/token"), post(token::token_endpoint))
+        .route(&format!("{base}{TOKEN_PATH}"), post(token::token_endpoint))
         .route(
-            &format!("{base}/oauth2/introspect"),
+            &format!("{base}{INTROSPECTION_PATH}"),
             post(introspect::introspect_endpoint),
         )
+        .route(&format!("{base}{JWKS_PATH}"), get(jwks::jwks_endpoint))
         .route(
-            &format!("{base}/.well-known/jwks.json"),
-            get(jwks::jwks_endpoint),
-        )
-        .route(
-            &format!("{base}/.well-known/openid-configuration"),
+            &format!("{base}{OPENID_CONFIGURATION_PATH}"),
             get(discovery::metadata_endpoint),
         )
         .route(
-            &format!("{base}/.well-known/oauth-authorization-server"),
+            &format!("{base}{OAUTH_METADATA_PATH}"),
             get(discovery::metadata_endpoint),
         );
     if !base.is_empty() {
         // RFC 8414 §3.1: the well-known segment goes before the path.
         router = router.route(
-            &format!("/.well-known/oauth-authorization-server{base}"),
+            &format!("{OAUTH_METADATA_PATH}{base}"),
             get(discovery::metadata_endpoint),
         );
     }
@@ -286,22 +262,4 @@ pub async fn serve_tls(
         .serve(router.into_make_service_with_connect_info::<SocketAddr>())
         .await
         .map_err(|source| ServeError::Serve { addr, source })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn issuer_url_path_is_extracted() {
-        assert_eq!(issuer_path("https://sigil.example").unwrap(), "");
-        assert_eq!(issuer_path("http://127.0.0.1:8080").unwrap(), "");
-        assert_eq!(
-            issuer_path("https://h.example/tenant/a").unwrap(),
-            "/tenant/a"
-        );
-        assert!(issuer_path("https://h.example/").is_err());
-        assert!(issuer_path("ftp://h.example").is_err());
-        assert!(issuer_path("https://").is_err());
-    }
 }

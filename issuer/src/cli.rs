@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use k8s_openapi::api::core::v1::ResourceRequirements;
+use sigil_core::IssuerUrl;
 
 use crate::admission::{self, AdmissionState, ClientDirectory};
 use crate::agent::{self, AgentArgs, TokenArgs};
@@ -55,10 +56,10 @@ fn parse_resources(json: &str) -> Result<ResourceRequirements, String> {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// The issuer URL (`iss`), without a trailing '/'. Endpoints live under
-    /// its path.
+    /// The issuer URL (`iss`); one trailing '/' is dropped. Endpoints live
+    /// under its path.
     #[arg(long, env = "SIGIL_ISSUER_URL")]
-    pub issuer_url: String,
+    pub issuer_url: IssuerUrl,
 
     /// Address of the token/JWKS/discovery/introspection API.
     #[arg(long, env = "SIGIL_LISTEN", default_value = "0.0.0.0:8443")]
@@ -150,8 +151,8 @@ impl ServeArgs {
         let resources =
             Some(self.agent_resources.clone()).filter(|r| *r != ResourceRequirements::default());
         crate::webhook::InjectionConfig {
-            issuer_url: self.issuer_url.clone(),
-            token_url: format!("{}/oauth2/token", self.issuer_url),
+            issuer_url: self.issuer_url.to_string(),
+            token_url: self.issuer_url.token_endpoint(),
             agent_image: self.agent_image.clone(),
             agent_image_pull_policy: self.agent_image_pull_policy.clone(),
             agent_resources: resources,

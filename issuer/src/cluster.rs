@@ -11,9 +11,11 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
+use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use sigil_crds::backoff::WatchBackoff;
+use sigil_crds::watch::{Undecodable, guarded_watcher};
 use sigil_crds::{OAuthClient, SigningKey};
 
 use crate::admission::ClientDirectory;
@@ -74,6 +76,115 @@ impl Health {
     }
 }
 
+/// One resource's consumer of watch events, as linkerd2's
+/// `IndexNamespacedResource`: every watch feeds its index the same way
+/// ([`feed`]), so listing, re-listing and deletions follow one rule.
+trait Index<K> {
+    fn apply(&mut self, obj: K);
+    fn delete(&mut self, obj: K);
+    /// A complete (re-)list: exactly these objects exist now.
+    fn reset(&mut self, objs: Vec<K>);
+}
+
+/// OAuthClients (cluster-wide) → the token store and the webhook's directory.
+struct ClientIndex {
+    store: Arc<Store>,
+    directory: Arc<ClientDirectory>,
+}
+
+impl Index<OAuthClient> for ClientIndex {
+    fn apply(&mut self, client: OAuthClient) {
+        self.store.upsert_client(&client);
+        self.directory.upsert(&client);
+        tracing::debug!(client = %ObjectKey::of(&client.metadata), "OAuthClient updated");
+    }
+
+    fn delete(&mut self, client: OAuthClient) {
+        let key = ObjectKey::of(&client.metadata);
+        self.store.remove_client(&key);
+        self.directory.remove(&key);
+        tracing::info!(client = %key, "OAuthClient deleted");
+    }
+
+    fn reset(&mut self, clients: Vec<OAuthClient>) {
+        self.store.replace_clients(&clients);
+        self.directory.replace(&clients);
+        tracing::info!(clients = self.store.client_count(), "listed OAuthClients");
+    }
+}
+
+/// SigningKeys of the issuer's namespace → the store's rings.
+struct SigningKeyIndex {
+    store: Arc<Store>,
+    known: HashSet<String>,
+}
+
+impl Index<SigningKey> for SigningKeyIndex {
+    fn apply(&mut self, key: SigningKey) {
+        if let Some(name) = &key.metadata.name {
+            self.known.insert(name.clone());
+        }
+        self.store.upsert_signing_key(&key);
+    }
+
+    fn delete(&mut self, key: SigningKey) {
+        if let Some(name) = &key.metadata.name {
+            self.known.remove(name);
+            self.store.remove_signing_key(name);
+        }
+    }
+
+    fn reset(&mut self, keys: Vec<SigningKey>) {
+        let names: HashSet<String> = keys
+            .iter()
+            .filter_map(|k| k.metadata.name.clone())
+            .collect();
+        for gone in self.known.difference(&names) {
+            self.store.remove_signing_key(gone);
+        }
+        for key in &keys {
+            self.store.upsert_signing_key(key);
+        }
+        self.known = names;
+    }
+}
+
+/// The signing-key Secrets (`<SigningKey name>-keys`) → the store's private
+/// keys. Other Secrets of the namespace are ignored.
+struct KeySecretIndex {
+    store: Arc<Store>,
+    known: HashSet<String>,
+}
+
+impl Index<Secret> for KeySecretIndex {
+    fn apply(&mut self, secret: Secret) {
+        if let Some((name, pems)) = key_pems(&secret) {
+            self.known.insert(name.clone());
+            self.store.upsert_key_secret(&name, pems);
+        }
+    }
+
+    fn delete(&mut self, secret: Secret) {
+        if let Some((name, _)) = key_pems(&secret) {
+            self.known.remove(&name);
+            self.store.remove_key_secret(&name);
+        }
+    }
+
+    fn reset(&mut self, secrets: Vec<Secret>) {
+        let listed: Vec<(String, BTreeMap<String, String>)> =
+            secrets.iter().filter_map(key_pems).collect();
+        let names: HashSet<String> = listed.iter().map(|(n, _)| n.clone()).collect();
+        for gone in self.known.difference(&names) {
+            self.store.remove_key_secret(gone);
+        }
+        for (name, pems) in listed {
+            self.store.upsert_key_secret(&name, pems);
+        }
+        self.known = names;
+    }
+}
+
 /// Runs the three watches until the process ends. The OAuthClient watch
 /// also feeds the admission webhook's `directory`.
 pub async fn run(
@@ -90,110 +201,93 @@ pub async fn run(
         failing: AtomicU8::new(0),
     });
     metrics.apiserver_connected.set(0);
+    let api = |resource: ApiResource, namespace: Option<&str>| match namespace {
+        Some(ns) => Api::<DynamicObject>::namespaced_with(client.clone(), ns, &resource),
+        None => Api::<DynamicObject>::all_with(client.clone(), &resource),
+    };
     let config = watcher::Config::default();
-    let clients = watch_clients(
-        watcher::watcher(Api::<OAuthClient>::all(client.clone()), config.clone())
-            .backoff(WatchBackoff::default()),
-        store.clone(),
-        directory,
-        health.clone(),
-    );
-    let keys = watch_signing_keys(
-        watcher::watcher(
-            Api::<SigningKey>::namespaced(client.clone(), &namespace),
+    let clients = feed(
+        guarded_watcher::<OAuthClient>(
+            api(ApiResource::erase::<OAuthClient>(&()), None),
             config.clone(),
-        )
-        .backoff(WatchBackoff::default()),
-        store.clone(),
+            report_undecodable(metrics.clone(), RESOURCES[0]),
+        ),
+        ClientIndex {
+            store: store.clone(),
+            directory,
+        },
         health.clone(),
+        0,
     );
-    let secrets = watch_key_secrets(
-        watcher::watcher(Api::<Secret>::namespaced(client, &namespace), config)
-            .backoff(WatchBackoff::default()),
-        store,
+    let keys = feed(
+        guarded_watcher::<SigningKey>(
+            api(ApiResource::erase::<SigningKey>(&()), Some(&namespace)),
+            config.clone(),
+            report_undecodable(metrics.clone(), RESOURCES[1]),
+        ),
+        SigningKeyIndex {
+            store: store.clone(),
+            known: HashSet::new(),
+        },
+        health.clone(),
+        1,
+    );
+    let secrets = feed(
+        guarded_watcher::<Secret>(
+            api(ApiResource::erase::<Secret>(&()), Some(&namespace)),
+            config,
+            report_undecodable(metrics, RESOURCES[2]),
+        ),
+        KeySecretIndex {
+            store,
+            known: HashSet::new(),
+        },
         health,
+        2,
     );
     tokio::join!(clients, keys, secrets);
 }
 
-async fn watch_clients(
-    stream: impl Stream<Item = Result<Event<OAuthClient>, watcher::Error>>,
-    store: Arc<Store>,
-    directory: Arc<ClientDirectory>,
-    health: Arc<Health>,
-) {
-    let mut stream = std::pin::pin!(stream);
-    let mut listing: Vec<OAuthClient> = Vec::new();
-    while let Some(event) = stream.next().await {
-        match event {
-            Ok(Event::Init) => listing.clear(),
-            Ok(Event::InitApply(client)) => listing.push(client),
-            Ok(Event::InitDone) => {
-                store.replace_clients(&listing);
-                directory.replace(&listing);
-                tracing::info!(clients = store.client_count(), "listed OAuthClients");
-                listing = Vec::new();
-                health.listed(0);
-            }
-            Ok(Event::Apply(client)) => {
-                store.upsert_client(&client);
-                directory.upsert(&client);
-                tracing::debug!(client = %ObjectKey::of(&client.metadata), "OAuthClient updated");
-                health.connected(0);
-            }
-            Ok(Event::Delete(client)) => {
-                store.remove_client(&ObjectKey::of(&client.metadata));
-                directory.remove(&ObjectKey::of(&client.metadata));
-                tracing::info!(client = %ObjectKey::of(&client.metadata), "OAuthClient deleted");
-                health.connected(0);
-            }
-            Err(error) => health.failed(0, &error),
-        }
+/// Logs and counts an object a watch skipped.
+fn report_undecodable(metrics: Arc<Metrics>, resource: &'static str) -> impl Fn(Undecodable) {
+    move |skipped| {
+        metrics
+            .undecodable_objects
+            .get_or_create(&ResourceLabel { resource })
+            .inc();
+        tracing::warn!(resource, namespace = %skipped.namespace, name = %skipped.name, error = %skipped.error, "skipping an object that does not deserialize");
     }
 }
 
-async fn watch_signing_keys(
-    stream: impl Stream<Item = Result<Event<SigningKey>, watcher::Error>>,
-    store: Arc<Store>,
+/// Feeds one watch into its index, with the capped backoff of
+/// [`WatchBackoff`] and the health bookkeeping of watch `slot`.
+async fn feed<K, I>(
+    stream: impl Stream<Item = Result<Event<K>, watcher::Error>>,
+    mut index: I,
     health: Arc<Health>,
-) {
-    let mut stream = std::pin::pin!(stream);
-    let mut listing: Vec<SigningKey> = Vec::new();
-    let mut known: HashSet<String> = HashSet::new();
+    slot: usize,
+) where
+    I: Index<K>,
+{
+    let mut stream = std::pin::pin!(stream.backoff(WatchBackoff::default()));
+    let mut listing: Vec<K> = Vec::new();
     while let Some(event) = stream.next().await {
         match event {
             Ok(Event::Init) => listing.clear(),
-            Ok(Event::InitApply(key)) => listing.push(key),
+            Ok(Event::InitApply(obj)) => listing.push(obj),
             Ok(Event::InitDone) => {
-                let names: HashSet<String> = listing
-                    .iter()
-                    .filter_map(|k| k.metadata.name.clone())
-                    .collect();
-                for gone in known.difference(&names) {
-                    store.remove_signing_key(gone);
-                }
-                for key in &listing {
-                    store.upsert_signing_key(key);
-                }
-                known = names;
-                listing = Vec::new();
-                health.listed(1);
+                index.reset(std::mem::take(&mut listing));
+                health.listed(slot);
             }
-            Ok(Event::Apply(key)) => {
-                if let Some(name) = &key.metadata.name {
-                    known.insert(name.clone());
-                }
-                store.upsert_signing_key(&key);
-                health.connected(1);
+            Ok(Event::Apply(obj)) => {
+                index.apply(obj);
+                health.connected(slot);
             }
-            Ok(Event::Delete(key)) => {
-                if let Some(name) = &key.metadata.name {
-                    known.remove(name);
-                    store.remove_signing_key(name);
-                }
-                health.connected(1);
+            Ok(Event::Delete(obj)) => {
+                index.delete(obj);
+                health.connected(slot);
             }
-            Err(error) => health.failed(1, &error),
+            Err(error) => health.failed(slot, &error),
         }
     }
 }
@@ -215,46 +309,4 @@ fn key_pems(secret: &Secret) -> Option<(String, BTreeMap<String, String>)> {
         })
         .collect();
     Some((name, pems))
-}
-
-async fn watch_key_secrets(
-    stream: impl Stream<Item = Result<Event<Secret>, watcher::Error>>,
-    store: Arc<Store>,
-    health: Arc<Health>,
-) {
-    let mut stream = std::pin::pin!(stream);
-    let mut listing: Vec<(String, BTreeMap<String, String>)> = Vec::new();
-    let mut known: HashSet<String> = HashSet::new();
-    while let Some(event) = stream.next().await {
-        match event {
-            Ok(Event::Init) => listing.clear(),
-            Ok(Event::InitApply(secret)) => listing.extend(key_pems(&secret)),
-            Ok(Event::InitDone) => {
-                let names: HashSet<String> = listing.iter().map(|(n, _)| n.clone()).collect();
-                for gone in known.difference(&names) {
-                    store.remove_key_secret(gone);
-                }
-                for (name, pems) in listing.drain(..) {
-                    store.upsert_key_secret(&name, pems);
-                }
-                known = names;
-                health.listed(2);
-            }
-            Ok(Event::Apply(secret)) => {
-                if let Some((name, pems)) = key_pems(&secret) {
-                    known.insert(name.clone());
-                    store.upsert_key_secret(&name, pems);
-                }
-                health.connected(2);
-            }
-            Ok(Event::Delete(secret)) => {
-                if let Some((name, _)) = key_pems(&secret) {
-                    known.remove(&name);
-                    store.remove_key_secret(&name);
-                }
-                health.connected(2);
-            }
-            Err(error) => health.failed(2, &error),
-        }
-    }
 }

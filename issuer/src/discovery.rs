@@ -1,6 +1,7 @@
 //! OIDC Discovery 1.0 and RFC 8414 metadata, serialized once from the
 //! configured issuer URL.
 
+use sigil_core::IssuerUrl;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -27,12 +28,12 @@ pub const SIGNING_ALGORITHMS: [&str; 7] = [
 
 /// The metadata document (one for both well-known paths: RFC 8414 §3 and
 /// OIDC Discovery §4 share their members here).
-pub fn metadata_json(issuer: &str) -> Bytes {
+pub fn metadata_json(issuer: &IssuerUrl) -> Bytes {
     let document = serde_json::json!({
-        "issuer": issuer,
-        "token_endpoint": format!("{issuer}/oauth2/token"),
-        "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
-        "introspection_endpoint": format!("{issuer}/oauth2/introspect"),
+        "issuer": issuer.as_str(),
+        "token_endpoint": issuer.token_endpoint(),
+        "jwks_uri": issuer.jwks_uri(),
+        "introspection_endpoint": issuer.introspection_endpoint(),
         "grant_types_supported": ["client_credentials"],
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": AUTH_METHODS,

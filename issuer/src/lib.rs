@@ -13,7 +13,6 @@ pub mod jwks;
 pub mod metrics;
 pub mod oauth_error;
 pub mod ratelimit;
-pub mod signer;
 pub mod standalone;
 pub mod store;
 pub mod token;

@@ -29,6 +29,8 @@ pub struct Metrics {
     /// issuer serves from its caches only. Always 1 in standalone mode.
     pub apiserver_connected: Gauge,
     pub watch_errors: Family<ResourceLabel, Counter>,
+    /// Objects the watches skipped because they do not decode.
+    pub undecodable_objects: Family<ResourceLabel, Counter>,
     /// Admission reviews of the pod webhook, by outcome.
     pub admission_reviews: Family<ResultLabel, Counter>,
 }
@@ -87,6 +89,12 @@ impl Metrics {
             "Errors of the API server watches, by resource",
             watch_errors.clone(),
         );
+        let undecodable_objects = Family::<ResourceLabel, Counter>::default();
+        registry.register(
+            "undecodable_objects",
+            "Objects skipped by the watches because they do not deserialize, by resource",
+            undecodable_objects.clone(),
+        );
         let admission_reviews = Family::<ResultLabel, Counter>::default();
         registry.register(
             "admission_reviews",
@@ -102,6 +110,7 @@ impl Metrics {
             published_keys,
             apiserver_connected,
             watch_errors,
+            undecodable_objects,
             admission_reviews,
         }
     }

@@ -8,16 +8,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::{Deserialize, Serialize};
+use sigil_core::keys::{self, KeyError};
+use sigil_core::secret::{RandomError, generate_client_secret};
+use sigil_crds::ring::{self, RingPolicy};
 use sigil_crds::{
-    AuthMethod, KeyState, OAuthClient, OAuthClientStatus, SecretVerifier, SigningAlgorithm,
-    SigningKey, SigningKeySpec,
+    AuthMethod, KeyState, KeyStatus, OAuthClient, OAuthClientStatus, SecretVerifier,
+    SigningAlgorithm, SigningKey, SigningKeySpec,
 };
 
-use crate::signer::{KeyError, ParsedKey, generate_pkcs8_der, pkcs8_der_to_pem};
 use crate::store::{ClientEntry, Ring, RingKeySource, Store};
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +55,8 @@ pub enum StandaloneError {
     Key { name: String, source: KeyError },
     #[error("cannot use the state folder {path}: {reason}")]
     State { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Random(#[from] RandomError),
 }
 
 /// What the manifests folder declares.
@@ -90,7 +93,8 @@ pub fn load_manifests(dir: &Path) -> Result<Manifests, StandaloneError> {
     Ok(manifests)
 }
 
-/// Parses a multi-document YAML text into `manifests`.
+/// Parses a multi-document YAML text into `manifests`, refusing what the
+/// CRD schema refuses (`sigil_crds::validate`).
 pub fn parse_documents(
     path: &Path,
     text: &str,
@@ -132,6 +136,10 @@ pub fn parse_documents(
             "OAuthClient" => {
                 let mut client: OAuthClient =
                     serde_json::from_value(document).map_err(|e| bad(e.to_string()))?;
+                // What the API server's schema refuses is refused here too,
+                // in its words: no API server sees these manifests.
+                sigil_crds::validate::validate_oauth_client(&client)
+                    .map_err(|errors| bad(field_errors(&errors)))?;
                 client
                     .metadata
                     .namespace
@@ -141,6 +149,8 @@ pub fn parse_documents(
             "SigningKey" => {
                 let key: SigningKey =
                     serde_json::from_value(document).map_err(|e| bad(e.to_string()))?;
+                sigil_crds::validate::validate_signing_key(&key)
+                    .map_err(|errors| bad(field_errors(&errors)))?;
                 manifests.signing_keys.push(key);
             }
             other => {
@@ -151,6 +161,12 @@ pub fn parse_documents(
     Ok(())
 }
 
+/// The errors of `validate`, as one reason.
+fn field_errors(errors: &[sigil_crds::validate::FieldError]) -> String {
+    let texts: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    texts.join("; ")
+}
+
 fn uses_secret(client: &OAuthClient) -> bool {
     client.spec.auth_methods().iter().any(|m| {
         matches!(
@@ -158,11 +174,6 @@ fn uses_secret(client: &OAuthClient) -> bool {
             AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost
         )
     })
-}
-
-/// A fresh client secret: 256 random bits, base64url (DESIGN.md §3).
-pub fn generate_secret() -> String {
-    URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
 }
 
 /// Reads the secrets file (missing = empty), generates a secret for every
@@ -190,7 +201,7 @@ pub fn load_or_create_secrets(
     for client in clients.iter().filter(|c| uses_secret(c)) {
         let id = client.client_id();
         if !secrets.contains_key(&id) {
-            secrets.insert(id.clone(), generate_secret());
+            secrets.insert(id.clone(), generate_client_secret()?);
             generated.push(id);
         }
     }
@@ -276,10 +287,36 @@ pub fn load_clients(store: &Store, clients: &[OAuthClient], secrets: &BTreeMap<S
 
 // ------------------------------------------------------------ key rings
 
-/// One key of an in-memory ring.
+/// A SigningKey's ring kept in memory (and optionally on disk), rotated by
+/// the operator's planner ([`ring::plan`]): the same schedule, the same
+/// states, the same `KeyStatus` records the operator writes to status. The
+/// private keys live next to it, by kid.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct MemoryKey {
+pub struct MemoryRing {
+    name: String,
+    #[serde(skip)]
+    spec: Option<SigningKeySpec>,
+    keys: Vec<KeyStatus>,
+    /// PKCS#8 PEM private keys by kid.
+    private_keys: BTreeMap<String, String>,
+    /// When the planner next has something to do.
+    #[serde(skip)]
+    requeue_at: Option<Timestamp>,
+}
+
+/// The state file of Sigil ≤ 0.1, before the ring used the operator's
+/// planner: read once and converted, so an upgrade keeps its keys.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LegacyRing {
+    name: String,
+    keys: Vec<LegacyKey>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LegacyKey {
     kid: String,
     state: KeyState,
     /// Unix seconds.
@@ -288,21 +325,31 @@ struct MemoryKey {
     pkcs8_pem: String,
 }
 
-/// A SigningKey's ring kept in memory (and optionally on disk), rotated on
-/// the same schedule the operator follows: a successor is generated
-/// `prePublish` before the active key's `rotationInterval` ends, published
-/// as Pending, then signs; the old key stays published `retireAfter`.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MemoryRing {
-    name: String,
-    #[serde(skip)]
-    spec: Option<SigningKeySpec>,
-    keys: Vec<MemoryKey>,
-}
-
-fn secs(duration: Duration) -> i64 {
-    i64::try_from(duration.as_secs()).unwrap_or(i64::MAX / 4)
+impl From<LegacyRing> for MemoryRing {
+    fn from(legacy: LegacyRing) -> Self {
+        let time = |secs: i64| Time(Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH));
+        MemoryRing {
+            name: legacy.name,
+            spec: None,
+            keys: legacy
+                .keys
+                .iter()
+                .map(|k| KeyStatus {
+                    kid: k.kid.clone(),
+                    state: k.state,
+                    created_at: time(k.activates_at),
+                    activates_at: time(k.activates_at),
+                    retires_at: k.retires_at.map(time),
+                })
+                .collect(),
+            private_keys: legacy
+                .keys
+                .into_iter()
+                .map(|k| (k.kid, k.pkcs8_pem))
+                .collect(),
+            requeue_at: None,
+        }
+    }
 }
 
 impl MemoryRing {
@@ -316,113 +363,39 @@ impl MemoryRing {
         })
     }
 
-    fn new_key(&self, state: KeyState, activates_at: i64) -> Result<MemoryKey, StandaloneError> {
-        let spec = self.spec();
-        let der = generate_pkcs8_der(spec.algorithm, spec.rsa_bits()).map_err(|source| {
-            StandaloneError::Key {
-                name: self.name.clone(),
-                source,
-            }
-        })?;
-        let parsed = ParsedKey::from_pkcs8_der(spec.algorithm, &der).map_err(|source| {
-            StandaloneError::Key {
-                name: self.name.clone(),
-                source,
-            }
-        })?;
-        Ok(MemoryKey {
-            kid: parsed.thumbprint(),
-            state,
-            activates_at,
-            retires_at: None,
-            pkcs8_pem: pkcs8_der_to_pem(&der),
-        })
-    }
-
     /// Moves the ring to `now` (blocking: may generate a key). `force`
-    /// schedules a successor now, still pre-published. Returns whether
-    /// anything changed.
-    pub fn advance(&mut self, now: i64, force: bool) -> Result<bool, StandaloneError> {
+    /// rotates now, still pre-published. Returns whether anything changed.
+    pub fn advance(&mut self, now: Timestamp, force: bool) -> Result<bool, StandaloneError> {
         let spec = self.spec();
-        let (interval, pre_publish, retire_after) = (
-            secs(spec.rotation_interval()),
-            secs(spec.pre_publish()),
-            secs(spec.retire_after()),
-        );
-        let mut changed = false;
-        if !self.keys.iter().any(|k| k.state == KeyState::Active) {
-            // First start: nothing to protect, the key signs at once.
-            let key = self.new_key(KeyState::Active, now)?;
-            self.keys.push(key);
-            changed = true;
-        }
-        // A pending key whose time came takes over.
-        if let Some(next) = self
+        // A key whose private half is gone cannot sign or be published.
+        let usable: Vec<KeyStatus> = self
             .keys
             .iter()
-            .position(|k| k.state == KeyState::Pending && k.activates_at <= now)
-        {
-            let activates_at = self.keys[next].activates_at;
-            for key in self.keys.iter_mut().filter(|k| k.state == KeyState::Active) {
-                key.state = KeyState::Retired;
-                key.retires_at = Some(activates_at);
-            }
-            self.keys[next].state = KeyState::Active;
-            changed = true;
+            .filter(|k| self.private_keys.contains_key(&k.kid))
+            .cloned()
+            .collect();
+        let mut plan = ring::plan(&RingPolicy::from_spec(&spec), &usable, now, force);
+        if plan.new_key.is_some() {
+            let key = keys::generate(spec.algorithm, spec.rsa_bits()).map_err(|source| {
+                StandaloneError::Key {
+                    name: self.name.clone(),
+                    source,
+                }
+            })?;
+            self.private_keys.insert(key.kid.clone(), key.pkcs8_pem);
+            plan = plan.with_new_key(key.kid);
         }
-        let before = self.keys.len();
-        self.keys.retain(|k| {
-            k.state != KeyState::Retired || k.retires_at.is_none_or(|r| r + retire_after > now)
-        });
-        changed |= self.keys.len() != before;
-        let has_pending = self.keys.iter().any(|k| k.state == KeyState::Pending);
-        let active_since = self
-            .keys
-            .iter()
-            .find(|k| k.state == KeyState::Active)
-            .map(|k| k.activates_at)
-            .unwrap_or(now);
-        if !has_pending && (force || active_since + interval - pre_publish <= now) {
-            let activates_at = if force {
-                now + pre_publish
-            } else {
-                (active_since + interval).max(now + pre_publish.min(interval))
-            };
-            let key = self.new_key(KeyState::Pending, activates_at)?;
-            for active in self.keys.iter_mut().filter(|k| k.state == KeyState::Active) {
-                active.retires_at = Some(activates_at);
-            }
-            self.keys.push(key);
-            changed = true;
-        }
+        let changed = plan.keys != self.keys;
+        self.private_keys
+            .retain(|kid, _| plan.keys.iter().any(|k| &k.kid == kid));
+        self.keys = plan.keys;
+        self.requeue_at = plan.requeue_at;
         Ok(changed)
     }
 
-    /// When `advance` next has something to do.
-    pub fn next_wake(&self) -> i64 {
-        let spec = self.spec();
-        let (interval, pre_publish, retire_after) = (
-            secs(spec.rotation_interval()),
-            secs(spec.pre_publish()),
-            secs(spec.retire_after()),
-        );
-        let mut wake = i64::MAX;
-        for key in &self.keys {
-            match key.state {
-                KeyState::Pending => wake = wake.min(key.activates_at),
-                KeyState::Active => {
-                    if !self.keys.iter().any(|k| k.state == KeyState::Pending) {
-                        wake = wake.min(key.activates_at + interval - pre_publish);
-                    }
-                }
-                KeyState::Retired => {
-                    if let Some(retired) = key.retires_at {
-                        wake = wake.min(retired + retire_after);
-                    }
-                }
-            }
-        }
-        wake
+    /// When [`Self::advance`] next has something to do.
+    pub fn next_wake(&self) -> Option<Timestamp> {
+        self.requeue_at
     }
 
     pub fn to_ring(&self) -> Ring {
@@ -430,10 +403,12 @@ impl MemoryRing {
         let sources: Vec<RingKeySource<'_>> = self
             .keys
             .iter()
-            .map(|k| RingKeySource {
-                kid: &k.kid,
-                state: k.state,
-                pkcs8_pem: &k.pkcs8_pem,
+            .filter_map(|k| {
+                self.private_keys.get(&k.kid).map(|pem| RingKeySource {
+                    kid: &k.kid,
+                    state: k.state,
+                    pkcs8_pem: pem,
+                })
             })
             .collect();
         Ring::build(&self.name, spec.algorithm, spec.pre_publish(), &sources)
@@ -465,15 +440,20 @@ fn open_ring(
         let path = state_file(dir, name);
         match std::fs::read_to_string(&path) {
             Ok(text) => {
-                let mut ring: MemoryRing =
-                    serde_json::from_str(&text).map_err(|e| StandaloneError::State {
+                let mut ring: MemoryRing = serde_json::from_str(&text)
+                    .or_else(|e| {
+                        serde_json::from_str::<LegacyRing>(&text)
+                            .map(MemoryRing::from)
+                            .map_err(|_| e)
+                    })
+                    .map_err(|e| StandaloneError::State {
                         path: path.clone(),
                         reason: e.to_string(),
                     })?;
                 let algorithm_matches = ring
-                    .keys
-                    .iter()
-                    .all(|k| ParsedKey::from_pkcs8_pem(spec.algorithm, &k.pkcs8_pem).is_ok());
+                    .private_keys
+                    .values()
+                    .all(|pem| keys::kid(spec.algorithm, pem).is_ok());
                 if algorithm_matches {
                     ring.spec = Some(spec);
                     return Ok(ring);
@@ -496,6 +476,8 @@ fn open_ring(
         name: name.to_owned(),
         spec: Some(spec),
         keys: Vec::new(),
+        private_keys: BTreeMap::new(),
+        requeue_at: None,
     })
 }
 
@@ -539,7 +521,7 @@ pub async fn start_rings(
         let state_dir = state_dir.map(Path::to_owned);
         let ring = tokio::task::spawn_blocking(move || -> Result<MemoryRing, StandaloneError> {
             let mut ring = ring;
-            ring.advance(crate::token::unix_now(), false)?;
+            ring.advance(Timestamp::now(), false)?;
             save_ring(&ring, state_dir.as_deref())?;
             Ok(ring)
         })
@@ -558,11 +540,17 @@ pub async fn start_rings(
 /// Rotates one ring on schedule, forever.
 pub async fn rotate_forever(store: Arc<Store>, mut ring: MemoryRing, state_dir: Option<PathBuf>) {
     loop {
-        let wait = (ring.next_wake() - crate::token::unix_now()).clamp(1, 3600);
-        tokio::time::sleep(Duration::from_secs(wait as u64)).await;
+        // Look again at the planned time, and at least hourly; a failure
+        // leaves no plan behind, so it is retried within a second.
+        let wait = ring
+            .next_wake()
+            .map(|at| at.duration_since(Timestamp::now()).as_secs())
+            .unwrap_or(1)
+            .clamp(1, 3600);
+        tokio::time::sleep(Duration::from_secs(wait.unsigned_abs())).await;
         let state = state_dir.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let changed = ring.advance(crate::token::unix_now(), false);
+            let changed = ring.advance(Timestamp::now(), false);
             (ring, changed, state)
         })
         .await;
@@ -590,11 +578,11 @@ mod tests {
     use super::*;
 
     fn ring(spec: serde_json::Value) -> MemoryRing {
-        MemoryRing {
-            name: "r".into(),
-            spec: Some(serde_json::from_value(spec).unwrap()),
-            keys: Vec::new(),
-        }
+        open_ring("r", serde_json::from_value(spec).unwrap(), None).unwrap()
+    }
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(secs).unwrap()
     }
 
     #[test]
@@ -602,34 +590,40 @@ mod tests {
         let mut r = ring(
             serde_json::json!({"rotationInterval": "100s", "prePublish": "20s", "retireAfter": "30s"}),
         );
-        r.advance(1000, false).unwrap();
+        r.advance(at(1000), false).unwrap();
         let first = r.active_kid().unwrap().to_owned();
-        assert_eq!(r.next_wake(), 1080);
+        assert_eq!(r.next_wake(), Some(at(1080)));
         // At 1080 a successor is published but does not sign yet.
-        assert!(r.advance(1080, false).unwrap());
+        assert!(r.advance(at(1080), false).unwrap());
         assert_eq!(r.active_kid(), Some(first.as_str()));
         let states: Vec<KeyState> = r.kids().iter().map(|k| k.1).collect();
         assert_eq!(states, vec![KeyState::Active, KeyState::Pending]);
-        assert_eq!(r.next_wake(), 1100);
+        assert_eq!(r.next_wake(), Some(at(1100)));
+        assert_eq!(r.to_ring().published.len(), 2, "the successor is published");
         // At 1100 it signs; the old key stays published until 1130.
-        r.advance(1100, false).unwrap();
+        r.advance(at(1100), false).unwrap();
         assert_ne!(r.active_kid(), Some(first.as_str()));
         assert_eq!(r.kids()[0], (first.clone(), KeyState::Retired));
-        r.advance(1129, false).unwrap();
+        r.advance(at(1129), false).unwrap();
         assert!(r.kids().iter().any(|k| k.0 == first));
-        r.advance(1130, false).unwrap();
+        r.advance(at(1130), false).unwrap();
         assert!(!r.kids().iter().any(|k| k.0 == first));
+        assert_eq!(
+            r.private_keys.len(),
+            1,
+            "a dropped key's private half goes too"
+        );
     }
 
     #[test]
     fn forced_rotation_still_pre_publishes() {
         let mut r = ring(serde_json::json!({"prePublish": "5s"}));
-        r.advance(0, false).unwrap();
+        r.advance(at(0), false).unwrap();
         let first = r.active_kid().unwrap().to_owned();
-        r.advance(10, true).unwrap();
+        r.advance(at(10), true).unwrap();
         assert_eq!(r.active_kid(), Some(first.as_str()));
-        assert_eq!(r.next_wake(), 15);
-        r.advance(15, false).unwrap();
+        assert_eq!(r.next_wake(), Some(at(15)));
+        r.advance(at(15), false).unwrap();
         assert_ne!(r.active_kid(), Some(first.as_str()));
     }
 
@@ -639,7 +633,7 @@ mod tests {
         let spec: SigningKeySpec =
             serde_json::from_value(serde_json::json!({"algorithm": "EdDSA"})).unwrap();
         let mut first = open_ring("default", spec.clone(), Some(dir.path())).unwrap();
-        first.advance(1000, false).unwrap();
+        first.advance(at(1000), false).unwrap();
         save_ring(&first, Some(dir.path())).unwrap();
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(state_file(dir.path(), "default"))
@@ -692,5 +686,64 @@ mod tests {
         // A second start keeps the secret.
         let again = load_or_create_secrets(&secrets_path, &manifests.clients).unwrap();
         assert_eq!(again.get("task-service.tasks"), Some(&secret));
+    }
+
+    /// Two manifests the API server refuses that standalone mode used to
+    /// accept: one gave tokens a second `iss`, the other a key that signs
+    /// before verifiers could have fetched it.
+    #[test]
+    fn standalone_refuses_reserved_claims_and_a_pre_publish_past_rotation() {
+        let refused = [
+            (
+                "apiVersion: sigil.dev/v1alpha1\nkind: OAuthClient\nmetadata: {name: evil}\nspec:\n  additionalClaims: {iss: https://attacker.example, sub: admin}\n",
+                "spec.additionalClaims: Invalid value: additionalClaims may not set registered or Sigil-owned claims (iss, sub, aud, exp, nbf, iat, jti, client_id, scope, scp, cnf)",
+            ),
+            (
+                "apiVersion: sigil.dev/v1alpha1\nkind: SigningKey\nmetadata: {name: default}\nspec: {prePublish: 48h, rotationInterval: 1h}\n",
+                "spec.prePublish: Invalid value: prePublish must be shorter than rotationInterval (defaults: 24h and 720h)",
+            ),
+        ];
+        for (text, expected) in refused {
+            let mut manifests = Manifests::default();
+            match parse_documents(Path::new("bad.yaml"), text, &mut manifests) {
+                Err(StandaloneError::Manifest { reason, .. }) => {
+                    assert_eq!(reason, expected);
+                }
+                other => panic!("expected a refusal saying {expected:?}, got {other:?}"),
+            }
+            assert!(manifests.clients.is_empty() && manifests.signing_keys.is_empty());
+        }
+    }
+
+    /// The table `sigil_crds::validate::cases`, which the e2e tests send to
+    /// a real API server, through the standalone loader.
+    #[test]
+    fn standalone_accepts_and_refuses_what_the_api_server_does() {
+        use sigil_crds::validate::cases::{self, RefusedBy};
+        let table = cases::table().expect("the case table parses");
+        for case in &table.accepted {
+            // JSON is YAML.
+            let text = case.to_json().to_string();
+            let mut manifests = Manifests::default();
+            if let Err(e) = parse_documents(Path::new("good.yaml"), &text, &mut manifests) {
+                panic!("{}: refused: {e}", case.name);
+            }
+        }
+        for case in &table.refused {
+            let text = case.manifest.to_json().to_string();
+            let mut manifests = Manifests::default();
+            let name = &case.manifest.name;
+            let Err(StandaloneError::Manifest { reason, .. }) =
+                parse_documents(Path::new("bad.yaml"), &text, &mut manifests)
+            else {
+                panic!("{name}: not refused as a bad manifest");
+            };
+            if case.refused_by == RefusedBy::Validation {
+                assert!(
+                    reason.contains(&format!("{}: ", case.field)) && reason.contains(&case.message),
+                    "{name}: {reason}"
+                );
+            }
+        }
     }
 }

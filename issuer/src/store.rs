@@ -17,7 +17,7 @@ use sigil_crds::{
     AuthMethod, KeyState, OAuthClient, SigningAlgorithm, SigningKeySpec, SigningKeyStatus,
 };
 
-use crate::signer::{ParsedKey, PublicVerifier};
+use sigil_core::keys::{ParsedKey, PublicVerifier};
 
 /// `typ` header of issued tokens (DESIGN.md §6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -180,11 +180,7 @@ impl ClientEntry {
             .spec
             .additional_claims
             .as_ref()
-            .filter(|claims| !claims.is_empty())
-            .map(|claims| {
-                let object = serde_json::to_string(claims).unwrap_or_else(|_| "{}".into());
-                object[1..object.len() - 1].to_owned()
-            })
+            .map(|claims| additional_claims_fragment(&object, claims))
             .unwrap_or_default();
         ClientEntry {
             client_id: client.client_id(),
@@ -224,15 +220,30 @@ fn client_key(jwk: &serde_json::Map<String, serde_json::Value>) -> Result<Client
     })
 }
 
-/// True when the operator refused this client's id as a duplicate.
-fn marked_duplicate(client: &OAuthClient) -> bool {
-    client.status.as_ref().is_some_and(|status| {
-        status.conditions.iter().any(|c| {
-            c.type_ == sigil_crds::CONDITION_READY
-                && c.status == "False"
-                && c.reason == "DuplicateClientId"
-        })
-    })
+/// `additionalClaims` as JSON members without braces, ready to splice after
+/// Sigil's own claims. Reserved claims are dropped here whatever let them
+/// through (the CRD refuses them, but not as `null`, nor an older CRD or a
+/// path around the API server): a token must never carry two `iss`.
+fn additional_claims_fragment(
+    object: &ObjectKey,
+    claims: &BTreeMap<String, serde_json::Value>,
+) -> String {
+    let (reserved, allowed): (Vec<_>, Vec<_>) = claims
+        .iter()
+        .partition(|(name, _)| sigil_crds::RESERVED_CLAIMS.contains(&name.as_str()));
+    if !reserved.is_empty() {
+        let names: Vec<&str> = reserved.iter().map(|(n, _)| n.as_str()).collect();
+        tracing::warn!(client = %object, claims = ?names, "ignoring reserved claims in spec.additionalClaims");
+    }
+    let allowed: serde_json::Map<String, serde_json::Value> = allowed
+        .into_iter()
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    if allowed.is_empty() {
+        return String::new();
+    }
+    let object = serde_json::Value::Object(allowed).to_string();
+    object[1..object.len() - 1].to_owned()
 }
 
 /// The key that signs new tokens of a ring, with its JWS header already
@@ -503,7 +514,7 @@ impl Store {
             .clients
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if marked_duplicate(client) {
+        if client.is_marked_duplicate() {
             index.remove_object(&object);
             return;
         }
@@ -530,7 +541,7 @@ impl Store {
     pub fn replace_clients(&self, clients: &[OAuthClient]) {
         let mut fresh = ClientIndex::default();
         for client in clients {
-            if !marked_duplicate(client) {
+            if !client.is_marked_duplicate() {
                 fresh.insert(Arc::new(ClientEntry::from_oauth_client(client)));
             }
         }
@@ -711,7 +722,7 @@ impl Store {
 #[cfg(test)]
 pub(crate) mod test_support {
     use super::*;
-    use crate::signer::{generate_pkcs8_der, pkcs8_der_to_pem};
+    use sigil_core::keys::{generate_pkcs8_der, pkcs8_der_to_pem};
 
     /// A ring with one active key of `algorithm` plus, optionally, a pending
     /// one; returns the ring and the PEMs by kid.
@@ -806,8 +817,19 @@ mod tests {
     }
 
     #[test]
+    fn reserved_additional_claims_never_reach_a_token() {
+        // What the API server lets through (`null`) or a path around it.
+        let entry = ClientEntry::from_oauth_client(&oauth_client(
+            "a",
+            serde_json::json!({"additionalClaims": {"iss": "https://attacker.example", "sub": "admin", "exp": null, "tenant": "x"}}),
+            "2026-01-01T00:00:00Z",
+        ));
+        assert_eq!(entry.additional_claims_json, r#""tenant":"x""#);
+    }
+
+    #[test]
     fn a_new_active_kid_without_its_private_key_keeps_the_previous_signer() {
-        use crate::signer::{generate_pkcs8_der, pkcs8_der_to_pem};
+        use sigil_core::keys::{generate_pkcs8_der, pkcs8_der_to_pem};
         let pem = || pkcs8_der_to_pem(&generate_pkcs8_der(SigningAlgorithm::ES256, 0).unwrap());
         let (pem1, pem2) = (pem(), pem());
         let kid = |p: &str| {

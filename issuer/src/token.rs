@@ -23,8 +23,8 @@ use subtle::{Choice, ConstantTimeEq};
 
 use crate::app::App;
 use crate::oauth_error::{ErrorCode, OAuthError};
-use crate::signer::KeyError;
 use crate::store::{ActiveKey, ClientEntry, Store, TokenTyp};
+use sigil_core::keys::KeyError;
 
 /// RFC 7523 §2.2 `client_assertion_type`.
 pub const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";

@@ -6,9 +6,7 @@
 use std::collections::{HashMap, HashSet};
 
 use kube::runtime::reflector::ObjectRef;
-use sigil_crds::{CONDITION_READY, OAuthClient};
-
-use crate::reconcile::oauth_client::REASON_DUPLICATE;
+use sigil_crds::OAuthClient;
 
 type Ref = ObjectRef<OAuthClient>;
 
@@ -18,14 +16,6 @@ pub struct ClientIndex {
     id_of: HashMap<Ref, String>,
     /// Clients currently refused as duplicates.
     duplicates: HashSet<Ref>,
-}
-
-fn marked_duplicate(client: &OAuthClient) -> bool {
-    client
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == CONDITION_READY))
-        .is_some_and(|c| c.reason == REASON_DUPLICATE)
 }
 
 impl ClientIndex {
@@ -38,7 +28,7 @@ impl ClientIndex {
     pub fn upsert(&mut self, client: &OAuthClient) -> Option<String> {
         let key = ObjectRef::from_obj(client);
         let id = client.client_id();
-        if marked_duplicate(client) {
+        if client.is_marked_duplicate() {
             self.duplicates.insert(key.clone());
         } else {
             self.duplicates.remove(&key);
@@ -124,7 +114,7 @@ mod tests {
             conditions: vec![Condition {
                 type_: "Ready".into(),
                 status: "False".into(),
-                reason: REASON_DUPLICATE.into(),
+                reason: sigil_crds::Reason::DuplicateClientId.as_str().into(),
                 message: String::new(),
                 observed_generation: None,
                 last_transition_time: Time(jiff::Timestamp::UNIX_EPOCH),

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use sigil_core::IssuerUrl;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -12,10 +13,10 @@ use clap::{Parser, ValueEnum};
     about = "Sigil operator: OAuthClient → credentials Secret, SigningKey → rotated key ring"
 )]
 pub struct Args {
-    /// Issuer URL (`iss`), without a trailing slash. Client Secrets get it
-    /// as `issuer` and `<URL>/oauth2/token` as `token_url`.
-    #[arg(long, env = "SIGIL_ISSUER_URL", value_parser = parse_issuer_url)]
-    pub issuer_url: String,
+    /// Issuer URL (`iss`); one trailing slash is dropped. Client Secrets get
+    /// it as `issuer` and `<URL>/oauth2/token` as `token_url`.
+    #[arg(long, env = "SIGIL_ISSUER_URL")]
+    pub issuer_url: IssuerUrl,
 
     /// Namespace of the issuer: its SigningKeys are reconciled here, and the
     /// leader-election Lease lives here.
@@ -121,46 +122,9 @@ pub enum LogFormat {
     Text,
 }
 
-fn parse_issuer_url(value: &str) -> Result<String, String> {
-    let trimmed = value.trim().trim_end_matches('/');
-    let rest = trimmed
-        .strip_prefix("https://")
-        .or_else(|| trimmed.strip_prefix("http://"))
-        .ok_or_else(|| format!("{value:?} is not an http(s) URL"))?;
-    if rest.is_empty() || rest.starts_with('/') {
-        return Err(format!("{value:?} has no host"));
-    }
-    if trimmed.contains(['?', '#']) {
-        return Err(format!("{value:?} must not have a query or fragment"));
-    }
-    Ok(trimmed.to_owned())
-}
-
-impl Args {
-    /// The `token_url` written to client Secrets.
-    pub fn token_url(&self) -> String {
-        format!("{}/oauth2/token", self.issuer_url)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn issuer_url_is_normalized() {
-        assert_eq!(
-            parse_issuer_url("https://sigil.example.com/").as_deref(),
-            Ok("https://sigil.example.com")
-        );
-        assert_eq!(
-            parse_issuer_url("http://127.0.0.1:8080/auth").as_deref(),
-            Ok("http://127.0.0.1:8080/auth")
-        );
-        assert!(parse_issuer_url("sigil.example.com").is_err());
-        assert!(parse_issuer_url("https://").is_err());
-        assert!(parse_issuer_url("https://x/?a=b").is_err());
-    }
 
     #[test]
     fn flags_and_defaults() {
@@ -175,10 +139,28 @@ mod tests {
         assert_eq!(args.namespace, "sigil-system");
         assert_eq!(args.health_listen.to_string(), "0.0.0.0:8081");
         assert_eq!(args.watch_namespaces, vec!["a", "b"]);
-        assert_eq!(args.token_url(), "https://sigil.example.com/oauth2/token");
+        assert_eq!(args.issuer_url.as_str(), "https://sigil.example.com");
+        assert_eq!(
+            args.issuer_url.token_endpoint(),
+            "https://sigil.example.com/oauth2/token"
+        );
+        // Required (from the flag or SIGIL_ISSUER_URL), whatever this
+        // process's environment holds.
+        let command = <Args as clap::CommandFactory>::command();
+        let issuer_url = command
+            .get_arguments()
+            .find(|a| a.get_id() == "issuer_url")
+            .expect("--issuer-url exists");
+        assert!(issuer_url.is_required_set());
+        assert_eq!(
+            issuer_url.get_env(),
+            Some(std::ffi::OsStr::new("SIGIL_ISSUER_URL"))
+        );
+        let err = Args::try_parse_from(["operator", "--issuer-url", "sigil.example.com"])
+            .expect_err("not a URL");
         assert!(
-            Args::try_parse_from(["operator"]).is_err()
-                || std::env::var("SIGIL_ISSUER_URL").is_ok()
+            err.to_string().contains("not an http:// or https:// URL"),
+            "{err}"
         );
     }
 

@@ -41,7 +41,9 @@ pub enum Error {
         source: kube::Error,
     },
     #[error(transparent)]
-    Key(#[from] sigil_crds::keys::KeyError),
+    Key(#[from] sigil_core::keys::KeyError),
+    #[error(transparent)]
+    Random(#[from] sigil_core::secret::RandomError),
     #[error("key generation task failed: {0}")]
     KeyTask(String),
     #[error("{0}")]
@@ -49,6 +51,19 @@ pub enum Error {
 }
 
 impl Error {
+    /// A low-cardinality name of the error's kind for
+    /// `sigil_operator_reconcile_failures_total` (never the message: it may
+    /// name objects).
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } => "kube_api",
+            Error::Key(_) => "key_generation",
+            Error::KeyTask(_) => "key_task",
+            Error::Random(_) => "random",
+            Error::Invalid(_) => "invalid",
+        }
+    }
+
     pub fn kube(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
         let action = action.into();
         move |source| Error::Kube { action, source }

@@ -46,8 +46,8 @@ pub async fn run(
     let ctx = Arc::new(Context::new(
         client.clone(),
         Recorder::new(client.clone(), reporter),
-        args.issuer_url.clone(),
-        args.token_url(),
+        args.issuer_url.to_string(),
+        args.issuer_url.token_endpoint(),
         metrics.clone(),
         client_store.clone(),
         key_store.clone(),

@@ -23,6 +23,13 @@ pub struct ReconcileLabels {
     pub result: &'static str,
 }
 
+/// A failed reconcile by kind and error kind ([`crate::context::Error::metric_label`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub kind: &'static str,
+    pub error: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: &'static str,
@@ -52,6 +59,7 @@ pub struct Metrics {
     registry: Registry,
     pub reconciles: Family<ReconcileLabels, Counter>,
     pub reconcile_duration: HistogramFamily,
+    pub reconcile_failures: Family<FailureLabels, Counter>,
     pub signing_keys: Family<KeyLabels, Gauge>,
     pub oauth_clients: Family<ReadyLabels, Gauge>,
     pub leader: Gauge,
@@ -83,6 +91,12 @@ impl Metrics {
             "reconcile_duration_seconds",
             "Duration of one reconcile, by kind",
             reconcile_duration.clone(),
+        );
+        let reconcile_failures = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "reconcile_failures",
+            "Failed reconciles by kind and error kind (kube_api, key_generation, key_task, random, invalid, pki, not_ours)",
+            reconcile_failures.clone(),
         );
         let signing_keys = Family::<KeyLabels, Gauge>::default();
         registry.register(
@@ -119,6 +133,7 @@ impl Metrics {
             webhook_tls_expiry,
             reconciles,
             reconcile_duration,
+            reconcile_failures,
             signing_keys,
             oauth_clients,
             leader,
@@ -127,8 +142,19 @@ impl Metrics {
         }
     }
 
-    pub fn observe_reconcile(&self, kind: &'static str, success: bool, elapsed: Duration) {
-        let result = if success { "success" } else { "error" };
+    /// One reconcile: `Err` holds the error's metric label.
+    pub fn observe_reconcile(
+        &self,
+        kind: &'static str,
+        result: Result<(), &'static str>,
+        elapsed: Duration,
+    ) {
+        if let Err(error) = result {
+            self.reconcile_failures
+                .get_or_create(&FailureLabels { kind, error })
+                .inc();
+        }
+        let result = if result.is_ok() { "success" } else { "error" };
         self.reconciles
             .get_or_create(&ReconcileLabels { kind, result })
             .inc();
@@ -214,8 +240,8 @@ mod tests {
     #[test]
     fn encodes_reconcile_metrics() {
         let metrics = Metrics::new();
-        metrics.observe_reconcile("OAuthClient", true, Duration::from_millis(3));
-        metrics.observe_reconcile("OAuthClient", false, Duration::from_millis(3));
+        metrics.observe_reconcile("OAuthClient", Ok(()), Duration::from_millis(3));
+        metrics.observe_reconcile("OAuthClient", Err("kube_api"), Duration::from_millis(3));
         metrics.leader.set(1);
         let text = metrics.encode().expect("encodes");
         assert!(
@@ -229,5 +255,11 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("sigil_operator_leader 1"), "{text}");
+        assert!(
+            text.contains(
+                r#"sigil_operator_reconcile_failures_total{kind="OAuthClient",error="kube_api"} 1"#
+            ),
+            "{text}"
+        );
     }
 }

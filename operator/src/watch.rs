@@ -15,8 +15,9 @@ use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher::{self, Event};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
+use sigil_crds::watch::{Undecodable, decode_event as decode_event_guarded, event_object};
 
 use crate::health::Health;
 use crate::metrics::{KindLabels, Metrics};
@@ -62,7 +63,8 @@ impl Scope {
     }
 }
 
-/// Decodes one watcher event; `None` drops an undecodable object.
+/// Decodes one watcher event of the scope ([`sigil_crds::watch`] does the
+/// decoding); `None` drops an object outside the scope or undecodable.
 fn decode_event<K>(
     event: Event<DynamicObject>,
     kind: &'static str,
@@ -73,37 +75,21 @@ fn decode_event<K>(
 where
     K: Resource<DynamicType = ()> + DeserializeOwned,
 {
-    let decode = |obj: DynamicObject| -> Option<K> {
-        if !scope.admits(obj.metadata.namespace.as_deref()) {
-            return None;
-        }
-        let namespace = obj.namespace().unwrap_or_default();
-        let name = obj.name_any();
-        match obj.try_parse::<K>() {
-            Ok(typed) => Some(typed),
-            Err(error) => {
-                metrics
-                    .skipped_objects
-                    .get_or_create(&KindLabels { kind })
-                    .inc();
-                tracing::warn!(kind, %namespace, %name, %error, "skipping an object that does not deserialize");
-                None
-            }
-        }
-    };
-    match event {
-        Event::Apply(obj) => decode(obj).map(Event::Apply),
-        Event::Delete(obj) => decode(obj).map(Event::Delete),
-        Event::InitApply(obj) => decode(obj).map(Event::InitApply),
-        Event::Init => {
-            tracing::debug!(kind, "listing");
-            Some(Event::Init)
-        }
-        Event::InitDone => {
-            health.mark_listed(kind);
-            Some(Event::InitDone)
-        }
+    if event_object(&event).is_some_and(|obj| !scope.admits(obj.metadata.namespace.as_deref())) {
+        return None;
     }
+    match &event {
+        Event::Init => tracing::debug!(kind, "listing"),
+        Event::InitDone => health.mark_listed(kind),
+        _ => {}
+    }
+    decode_event_guarded(event, |skipped: Undecodable| {
+        metrics
+            .skipped_objects
+            .get_or_create(&KindLabels { kind })
+            .inc();
+        tracing::warn!(kind, namespace = %skipped.namespace, name = %skipped.name, error = %skipped.error, "skipping an object that does not deserialize");
+    })
 }
 
 /// A reflector-backed stream of events of `K`, tolerant of undecodable

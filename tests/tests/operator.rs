@@ -849,7 +849,7 @@ async fn check_keys_stored(
             .get(kid)
             .unwrap_or_else(|| panic!("status names {kid} but the Secret lacks it"));
         assert_eq!(
-            &sigil_crds::keys::kid(algorithm, pem).expect("stored key parses"),
+            &sigil_core::keys::kid(algorithm, pem).expect("stored key parses"),
             kid,
             "kid is the thumbprint"
         );
@@ -1124,11 +1124,11 @@ async fn changing_the_algorithm_rotates_to_a_key_of_the_new_type() {
     let secret = secrets.get("alg-keys").await.expect("keys secret");
     let pem = data(&secret, &active).expect("new key stored");
     assert_eq!(
-        sigil_crds::keys::kid(sigil_crds::SigningAlgorithm::EdDSA, &pem).expect("an Ed25519 key"),
+        sigil_core::keys::kid(sigil_crds::SigningAlgorithm::EdDSA, &pem).expect("an Ed25519 key"),
         active
     );
     let old_pem = data(&secret, &first).expect("old key stored");
-    assert!(sigil_crds::keys::kid(sigil_crds::SigningAlgorithm::ES256, &old_pem).is_ok());
+    assert!(sigil_core::keys::kid(sigil_crds::SigningAlgorithm::ES256, &old_pem).is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,10 +26,10 @@ use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use clap::Parser;
 use http_body_util::{BodyExt, Full};
+use sigil_core::keys::{ParsedKey, generate_pkcs8_der};
 use sigil_crds::SigningAlgorithm;
 use sigil_issuer::app::{self, App, Settings};
 use sigil_issuer::metrics::Metrics;
-use sigil_issuer::signer::{ParsedKey, generate_pkcs8_der};
 use sigil_issuer::standalone;
 use sigil_issuer::store::{Store, TokenTyp};
 
@@ -305,7 +305,7 @@ fn standalone_issuer(
     ))?;
     store.mark_synced();
     let settings = Settings {
-        issuer_url: "http://127.0.0.1".into(),
+        issuer_url: sigil_core::IssuerUrl::parse("http://127.0.0.1").expect("a valid URL"),
         token_typ: TokenTyp::AtJwt,
         failed_auth_per_minute: std::num::NonZeroU32::new(60).context("nonzero")?,
     };

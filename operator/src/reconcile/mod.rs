@@ -10,8 +10,10 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
-use sigil_crds::{CONDITION_READY, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use sigil_crds::conditions::{HasConditions, ready_reason_is};
+use sigil_crds::{CONDITION_READY, MANAGED_BY_LABEL, MANAGED_BY_VALUE, Reason};
 
 use crate::context::{Context, Error};
 
@@ -20,7 +22,7 @@ use crate::context::{Context, Error};
 pub fn ready_condition(
     previous: &[Condition],
     ready: bool,
-    reason: &str,
+    reason: Reason,
     message: String,
     generation: Option<i64>,
     now: Timestamp,
@@ -34,16 +36,39 @@ pub fn ready_condition(
     Condition {
         type_: CONDITION_READY.to_owned(),
         status: status.to_owned(),
-        reason: reason.to_owned(),
+        reason: reason.as_str().to_owned(),
         message,
         observed_generation: generation,
         last_transition_time: since,
     }
 }
 
-/// The `Ready` condition of a status, if any.
-pub fn ready_of(conditions: &[Condition]) -> Option<&Condition> {
-    conditions.iter().find(|c| c.type_ == CONDITION_READY)
+/// Records a refusal: writes `new` (whose `Ready` condition is `False`
+/// with `reason` and `message`), then, when the reason is new, one Warning
+/// Event. Status first, everywhere: it is the record the issuer and users
+/// read; the Event is only a notification and may be lost.
+#[allow(clippy::too_many_arguments)]
+pub async fn refuse<K, S>(
+    ctx: &Context,
+    obj: &K,
+    api: &kube::Api<K>,
+    old: &S,
+    new: S,
+    reason: Reason,
+    action: &str,
+    message: String,
+) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: PartialEq + serde::Serialize + HasConditions,
+{
+    let reason_is_new = !ready_reason_is(old.conditions(), reason);
+    write_status(api, &obj.name_any(), old, new).await?;
+    if reason_is_new {
+        ctx.event(obj, EventType::Warning, reason.as_str(), action, message)
+            .await;
+    }
+    Ok(Action::await_change())
 }
 
 pub fn floor_second(t: Timestamp) -> Timestamp {
@@ -144,8 +169,9 @@ where
     } else {
         "SigningKey"
     };
+    let outcome = result.as_ref().map(|_| ()).map_err(Error::metric_label);
     ctx.metrics
-        .observe_reconcile(kind, result.is_ok(), started.elapsed());
+        .observe_reconcile(kind, outcome, started.elapsed());
     if result.is_ok() {
         ctx.reset_failures(&object_key(obj.as_ref()));
     }

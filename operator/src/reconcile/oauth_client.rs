@@ -16,7 +16,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -26,21 +25,15 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use sigil_crds::{
-    MANAGED_BY_LABEL, MANAGED_BY_VALUE, OAuthClient, OAuthClientStatus, SecretVerifier,
+    MANAGED_BY_LABEL, MANAGED_BY_VALUE, OAuthClient, OAuthClientStatus, Reason, SecretVerifier,
     secret_keys, secret_verifier,
 };
 
 use super::{
-    floor_second, ready_condition, ready_of, secret_is_ours, secret_owned_by, until, write_status,
+    floor_second, ready_condition, refuse, secret_is_ours, secret_owned_by, until, write_status,
 };
 use crate::FIELD_MANAGER;
 use crate::context::{Context, Error, Result, jitter};
-
-pub const REASON_READY: &str = "CredentialsReady";
-pub const REASON_DUPLICATE: &str = "DuplicateClientId";
-pub const REASON_SECRET_CONFLICT: &str = "SecretConflict";
-pub const REASON_DISABLED: &str = "Disabled";
-pub const REASON_INVALID: &str = "InvalidSpec";
 
 /// Rotation jitter is at most 5% of the interval, and at most 5 minutes.
 const MAX_ROTATION_JITTER: Duration = Duration::from_secs(300);
@@ -49,13 +42,9 @@ pub async fn reconcile(oac: Arc<OAuthClient>, ctx: Arc<Context>) -> Result<Actio
     super::instrumented(oac.clone(), ctx.clone(), reconcile_client(&oac, &ctx)).await
 }
 
-/// 32 random bytes from aws-lc-rs, base64url without padding (43 chars of
-/// `[A-Za-z0-9_-]`).
-pub fn generate_client_secret() -> Result<String> {
-    let mut bytes = [0u8; 32];
-    aws_lc_rs::rand::fill(&mut bytes)
-        .map_err(|_| Error::Invalid("the system random generator failed".to_owned()))?;
-    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+/// Secrets come from the one generator in the kube-free core.
+fn generate_client_secret() -> Result<String> {
+    Ok(sigil_core::secret::generate_client_secret()?)
 }
 
 /// Whether a value read from a Secret looks like a secret this operator
@@ -371,6 +360,7 @@ fn format_time(t: Timestamp) -> String {
     floor_second(t).to_string()
 }
 
+#[tracing::instrument(skip_all, fields(namespace = oac.namespace().unwrap_or_default(), name = %oac.name_any()))]
 async fn reconcile_client(oac: &OAuthClient, ctx: &Context) -> Result<Action> {
     if oac.metadata.deletion_timestamp.is_some() {
         // The Secret goes with the OAuthClient through its owner reference.
@@ -420,27 +410,25 @@ async fn reconcile_client(oac: &OAuthClient, ctx: &Context) -> Result<Action> {
             conditions: vec![ready_condition(
                 &status.conditions,
                 false,
-                REASON_DUPLICATE,
+                Reason::DuplicateClientId,
                 message.clone(),
                 generation,
                 now,
             )],
             ..Default::default()
         };
-        let changed_reason =
-            ready_of(&status.conditions).map(|c| c.reason.as_str()) != Some(REASON_DUPLICATE);
-        write_status(&clients, &name, &status, new_status).await?;
-        if changed_reason {
-            ctx.event(
-                oac,
-                EventType::Warning,
-                REASON_DUPLICATE,
-                "CheckClientId",
-                message,
-            )
-            .await;
-        }
-        return Ok(Action::await_change());
+        let refused = Reason::DuplicateClientId;
+        return refuse(
+            ctx,
+            oac,
+            &clients,
+            &status,
+            new_status,
+            refused,
+            "CheckClientId",
+            message,
+        )
+        .await;
     }
 
     let rotation = match rotation_of(oac) {
@@ -451,7 +439,7 @@ async fn reconcile_client(oac: &OAuthClient, ctx: &Context) -> Result<Action> {
             new_status.conditions = vec![ready_condition(
                 &status.conditions,
                 false,
-                REASON_INVALID,
+                Reason::InvalidSpec,
                 message,
                 generation,
                 now,
@@ -478,25 +466,23 @@ async fn reconcile_client(oac: &OAuthClient, ctx: &Context) -> Result<Action> {
         new_status.conditions = vec![ready_condition(
             &status.conditions,
             false,
-            REASON_SECRET_CONFLICT,
+            Reason::SecretConflict,
             message.clone(),
             generation,
             now,
         )];
-        let changed_reason =
-            ready_of(&status.conditions).map(|c| c.reason.as_str()) != Some(REASON_SECRET_CONFLICT);
-        write_status(&clients, &name, &status, new_status).await?;
-        if changed_reason {
-            ctx.event(
-                oac,
-                EventType::Warning,
-                REASON_SECRET_CONFLICT,
-                "WriteSecret",
-                message,
-            )
-            .await;
-        }
-        return Ok(Action::await_change());
+        let refused = Reason::SecretConflict;
+        return refuse(
+            ctx,
+            oac,
+            &clients,
+            &status,
+            new_status,
+            refused,
+            "WriteSecret",
+            message,
+        )
+        .await;
     }
 
     let client_secret_of = |secret: &Secret| {
@@ -543,7 +529,7 @@ async fn reconcile_client(oac: &OAuthClient, ctx: &Context) -> Result<Action> {
     let (ready, reason, message) = if oac.spec.disabled {
         (
             false,
-            REASON_DISABLED,
+            Reason::Disabled,
             format!(
                 "spec.disabled is true: the issuer grants no tokens; credentials are kept in Secret {secret_name}"
             ),
@@ -554,7 +540,7 @@ async fn reconcile_client(oac: &OAuthClient, ctx: &Context) -> Result<Action> {
             let next = plan.rotated_at + signed(r.interval) + signed(jitter);
             message.push_str(&format!("; next rotation at {}", format_time(next)));
         }
-        (true, REASON_READY, message)
+        (true, Reason::CredentialsReady, message)
     };
     let new_status = OAuthClientStatus {
         client_id: Some(client_id.clone()),
@@ -737,6 +723,7 @@ async fn delete_owned_secret(secrets: &Api<Secret>, name: &str, oac: &OAuthClien
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
 
     fn t(secs: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + secs).expect("valid")

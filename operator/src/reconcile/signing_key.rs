@@ -23,18 +23,16 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
+use sigil_core::keys;
 use sigil_crds::ring::{self, Change, NewKeyReason, RingPolicy};
 use sigil_crds::{
-    KeyState, KeyStatus, MANAGED_BY_LABEL, MANAGED_BY_VALUE, SigningAlgorithm, SigningKey,
-    SigningKeyStatus, annotations, keys,
+    KeyState, MANAGED_BY_LABEL, MANAGED_BY_VALUE, Reason, SigningAlgorithm, SigningKey,
+    SigningKeyStatus, annotations,
 };
 
-use super::{ready_condition, ready_of, secret_is_ours, until, write_status};
+use super::{ready_condition, refuse, secret_is_ours, until, write_status};
 use crate::FIELD_MANAGER;
 use crate::context::{Context, Error, Result};
-
-pub const REASON_READY: &str = "KeysReady";
-pub const REASON_SECRET_CONFLICT: &str = "SecretConflict";
 
 /// Every key type, to recognise a stored key after `spec.algorithm`
 /// changed (RSA keys serve every RSA algorithm).
@@ -94,6 +92,7 @@ async fn apply_secret(secrets: &Api<Secret>, secret: &Secret) -> Result<()> {
     Ok(())
 }
 
+#[tracing::instrument(skip_all, fields(namespace = sk.namespace().unwrap_or_default(), name = %sk.name_any()))]
 async fn reconcile_ring(sk: &SigningKey, ctx: &Context) -> Result<Action> {
     if sk.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
@@ -126,23 +125,23 @@ async fn reconcile_ring(sk: &SigningKey, ctx: &Context) -> Result<Action> {
         new_status.conditions = vec![ready_condition(
             &status.conditions,
             false,
-            REASON_SECRET_CONFLICT,
+            Reason::SecretConflict,
             message.clone(),
             generation,
             now,
         )];
-        if ready_of(&status.conditions).map(|c| c.reason.as_str()) != Some(REASON_SECRET_CONFLICT) {
-            ctx.event(
-                sk,
-                EventType::Warning,
-                REASON_SECRET_CONFLICT,
-                "WriteSecret",
-                message,
-            )
-            .await;
-        }
-        write_status(&api, &name, &status, new_status).await?;
-        return Ok(Action::await_change());
+        let refused = Reason::SecretConflict;
+        return refuse(
+            ctx,
+            sk,
+            &api,
+            &status,
+            new_status,
+            refused,
+            "WriteSecret",
+            message,
+        )
+        .await;
     }
 
     // Private keys on hand, as PEM text.
@@ -249,7 +248,11 @@ async fn reconcile_ring(sk: &SigningKey, ctx: &Context) -> Result<Action> {
         conditions: vec![ready_condition(
             &status.conditions,
             ready,
-            if ready { REASON_READY } else { "NoActiveKey" },
+            if ready {
+                Reason::KeysReady
+            } else {
+                Reason::NoActiveKey
+            },
             conditions_message,
             generation,
             now,
@@ -374,11 +377,6 @@ fn humantime(d: std::time::Duration) -> String {
     } else {
         format!("{secs}s")
     }
-}
-
-/// The keys of a status that are in a given state (for tests and tools).
-pub fn kids_in(status: &SigningKeyStatus, state: KeyState) -> Vec<&KeyStatus> {
-    status.keys.iter().filter(|k| k.state == state).collect()
 }
 
 #[cfg(test)]

@@ -86,6 +86,18 @@ pub enum TlsError {
     Invalid(String),
 }
 
+impl TlsError {
+    /// The error's kind for `sigil_operator_reconcile_failures_total`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            TlsError::Kube { .. } => "kube_api",
+            TlsError::Pki(_) => "pki",
+            TlsError::NotOurs(_) => "not_ours",
+            TlsError::Invalid(_) => "invalid",
+        }
+    }
+}
+
 fn kube_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> TlsError {
     let action = action.into();
     move |source| TlsError::Kube { action, source }
@@ -200,7 +212,8 @@ pub async fn run(
         }
         let started = std::time::Instant::now();
         let result = reconcile(&client, &config).await;
-        metrics.observe_reconcile(METRICS_KIND, result.is_ok(), started.elapsed());
+        let outcome = result.as_ref().map(|_| ()).map_err(TlsError::metric_label);
+        metrics.observe_reconcile(METRICS_KIND, outcome, started.elapsed());
         wake = match result {
             Ok(pass) => {
                 failures = 0;

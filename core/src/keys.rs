@@ -1,18 +1,33 @@
-//! Signing keys parsed once into aws-lc-rs key pairs, so the token hot path
-//! signs without re-parsing (what `jsonwebtoken::encode` does on every call),
-//! plus the public side of each key: its JWK, RFC 7638 thumbprint and a
-//! verifier used by introspection.
+//! Signing-key material of a `SigningKey` ring (DESIGN.md §4), in one
+//! aws-lc-rs implementation shared by the operator (which generates keys and
+//! stores them in the `<name>-keys` Secret), the issuer (which signs with
+//! them and publishes the JWKS) and standalone mode (which does both).
+//!
+//! Keys are parsed once into aws-lc-rs key pairs, so the token hot path
+//! signs without re-parsing (what `jsonwebtoken::encode` does on every call).
+//! The public side of each key: its JWK, RFC 7638 thumbprint (Sigil's `kid`)
+//! and a verifier used by introspection.
+//!
+//! Nothing here puts key material in an error or a `Debug` string: errors
+//! name the algorithm and the step that failed.
 
+use crate::SigningAlgorithm;
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use sha2::Digest;
-use sigil_crds::SigningAlgorithm;
 
+/// RSA modulus sizes the contract allows.
+pub const RSA_BITS_ALLOWED: [u32; 3] = [2048, 3072, 4096];
+
+/// Why a key could not be generated, read or used. Messages never contain
+/// key material.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
+    #[error("unsupported RSA key size {0} bits (allowed: 2048, 3072, 4096)")]
+    UnsupportedRsaBits(u32),
     #[error("the private key is not PEM: {0}")]
     Pem(&'static str),
     #[error("the private key is not a valid PKCS#8 {algorithm} key: {reason}")]
@@ -262,17 +277,61 @@ pub fn generate_pkcs8_der(algorithm: SigningAlgorithm, rsa_bits: u32) -> Result<
             .map_err(failed)?
             .as_ref()
             .to_vec()),
-        _ => {
+        SigningAlgorithm::RS256
+        | SigningAlgorithm::RS384
+        | SigningAlgorithm::RS512
+        | SigningAlgorithm::PS256 => {
             let size = match rsa_bits {
+                2048 => aws_lc_rs::rsa::KeySize::Rsa2048,
                 3072 => aws_lc_rs::rsa::KeySize::Rsa3072,
                 4096 => aws_lc_rs::rsa::KeySize::Rsa4096,
-                _ => aws_lc_rs::rsa::KeySize::Rsa2048,
+                other => return Err(KeyError::UnsupportedRsaBits(other)),
             };
             let pair = signature::RsaKeyPair::generate(size).map_err(failed)?;
             let der: aws_lc_rs::encoding::Pkcs8V1Der<'static> = pair.as_der().map_err(failed)?;
             Ok(der.as_ref().to_vec())
         }
     }
+}
+
+/// A freshly generated private key of a ring.
+#[derive(Clone)]
+pub struct GeneratedKey {
+    /// RFC 7638 SHA-256 thumbprint of the public key, base64url.
+    pub kid: String,
+    pub algorithm: SigningAlgorithm,
+    /// PKCS#8 private key, PEM (`-----BEGIN PRIVATE KEY-----`), the format
+    /// of the `<name>-keys` Secret and of standalone's state files.
+    pub pkcs8_pem: String,
+}
+
+impl std::fmt::Debug for GeneratedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GeneratedKey")
+            .field("kid", &self.kid)
+            .field("algorithm", &self.algorithm)
+            .field("pkcs8_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Generates a new private key with its `kid`. Blocking: RSA takes 50–200
+/// ms for 2048 bits (much more for 4096), so async callers use
+/// `spawn_blocking`. `rsa_bits` is ignored for non-RSA algorithms.
+pub fn generate(algorithm: SigningAlgorithm, rsa_bits: u32) -> Result<GeneratedKey, KeyError> {
+    let der = generate_pkcs8_der(algorithm, rsa_bits)?;
+    let kid = ParsedKey::from_pkcs8_der(algorithm, &der)?.thumbprint();
+    Ok(GeneratedKey {
+        kid,
+        algorithm,
+        pkcs8_pem: pkcs8_der_to_pem(&der),
+    })
+}
+
+/// The `kid` of a PKCS#8 PEM private key: the RFC 7638 SHA-256 thumbprint of
+/// its public JWK. Fails if the key is not of the algorithm's type.
+pub fn kid(algorithm: SigningAlgorithm, pkcs8_pem: &str) -> Result<String, KeyError> {
+    Ok(ParsedKey::from_pkcs8_pem(algorithm, pkcs8_pem)?.thumbprint())
 }
 
 /// PKCS#8 DER → PEM (`PRIVATE KEY`), the format of the `<name>-keys` Secret.
@@ -387,7 +446,7 @@ mod tests {
         // And ours produces the same canonical layout (sorted, no spaces).
         let key = ParsedKey::from_pkcs8_der(
             SigningAlgorithm::ES256,
-            &generate_pkcs8_der(SigningAlgorithm::ES256, 0).unwrap(),
+            &generate_pkcs8_der(SigningAlgorithm::ES256, 2048).unwrap(),
         )
         .unwrap();
         let jwk = key.public_jwk("ignored");
@@ -400,5 +459,66 @@ mod tests {
             key.thumbprint(),
             URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(canonical.as_bytes()))
         );
+    }
+
+    #[test]
+    fn kid_is_the_stable_thumbprint_and_matches_jsonwebtoken() {
+        for algorithm in ALL {
+            let key = generate(algorithm, 2048).expect("generate");
+            assert!(key.pkcs8_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+            assert_eq!(kid(algorithm, &key.pkcs8_pem).expect("kid"), key.kid);
+            // 32 bytes of SHA-256, base64url without padding.
+            assert_eq!(key.kid.len(), 43);
+            let parsed = ParsedKey::from_pkcs8_pem(algorithm, &key.pkcs8_pem).expect("parse");
+            let jwk: jsonwebtoken::jwk::Jwk =
+                serde_json::from_value(parsed.public_jwk(&key.kid)).expect("jwk");
+            assert_eq!(
+                jwk.thumbprint(jsonwebtoken::jwk::ThumbprintHash::SHA256)
+                    .expect("thumbprint"),
+                key.kid,
+                "{algorithm:?}"
+            );
+            assert_ne!(generate(algorithm, 2048).expect("generate").kid, key.kid);
+        }
+    }
+
+    #[test]
+    fn a_key_of_the_wrong_type_is_refused() {
+        let ec = generate(SigningAlgorithm::ES256, 2048).expect("generate");
+        assert!(matches!(
+            kid(SigningAlgorithm::ES384, &ec.pkcs8_pem),
+            Err(KeyError::Rejected { .. })
+        ));
+        assert!(kid(SigningAlgorithm::EdDSA, &ec.pkcs8_pem).is_err());
+        assert!(kid(SigningAlgorithm::RS256, &ec.pkcs8_pem).is_err());
+        assert!(kid(SigningAlgorithm::ES256, "not a pem").is_err());
+    }
+
+    #[test]
+    fn rsa_sizes() {
+        assert!(matches!(
+            generate(SigningAlgorithm::RS256, 1024),
+            Err(KeyError::UnsupportedRsaBits(1024))
+        ));
+        let key = generate(SigningAlgorithm::PS256, 3072).expect("3072-bit key");
+        let parsed = ParsedKey::from_pkcs8_pem(SigningAlgorithm::PS256, &key.pkcs8_pem).unwrap();
+        // 3072 bits = 384 bytes = 512 base64url characters.
+        assert_eq!(parsed.public_jwk("k")["n"].as_str().expect("n").len(), 512);
+        // rsa_bits is ignored for other algorithms.
+        assert!(generate(SigningAlgorithm::ES256, 0).is_ok());
+    }
+
+    #[test]
+    fn debug_and_errors_never_show_key_material() {
+        let key = generate(SigningAlgorithm::ES256, 2048).expect("generate");
+        let debug = format!("{key:?}");
+        assert!(!debug.contains("PRIVATE KEY"));
+        assert!(debug.contains(&key.kid));
+        let parsed = ParsedKey::from_pkcs8_pem(SigningAlgorithm::ES256, &key.pkcs8_pem).unwrap();
+        assert!(!format!("{parsed:?}").contains("PRIVATE"));
+        let body: String = key.pkcs8_pem.lines().nth(1).expect("pem body").to_owned();
+        let err = kid(SigningAlgorithm::EdDSA, &key.pkcs8_pem).expect_err("wrong type");
+        let message = format!("{err} {err:?}");
+        assert!(!message.contains(&body[..20]), "{message}");
     }
 }
