@@ -1,11 +1,13 @@
 //! Sigil's kube-free core: signing keys (one aws-lc-rs implementation for
 //! generation, parsing, signing, JWK and `kid`), client secrets and their
-//! verifiers, and the issuer URL with every endpoint derived from it.
+//! verifiers, the issuer URL with every endpoint derived from it, and
+//! crash-safe file writes.
 //!
 //! Nothing here knows Kubernetes or HTTP servers: it must never depend on
 //! kube, k8s-openapi, axum or the other Sigil crates; they depend on it.
 
 pub mod algorithm;
+pub mod fs;
 pub mod issuer_url;
 pub mod keys;
 pub mod secret;

@@ -14,11 +14,11 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use sigil_crds::{KeyState, OAuthClient, SigningAlgorithm};
 use tower::ServiceExt;
 
-use crate::app::{self, App, Settings};
+use crate::index::test_support::ring_with_keys;
+use crate::index::{ClientEntry, Store, TokenTyp};
 use crate::metrics::Metrics;
-use crate::standalone;
-use crate::store::test_support::ring_with_keys;
-use crate::store::{ClientEntry, Store, TokenTyp};
+use crate::source::standalone;
+use crate::state::{App, Settings};
 use sigil_core::keys::{ParsedKey, generate_pkcs8_der};
 
 const ISSUER: &str = "https://sigil.example";
@@ -177,7 +177,7 @@ fn form_request(path: &str, form: &str, authorization: Option<&str>, ip: [u8; 4]
 
 async fn token(f: &Fixture, form: &str, authorization: Option<&str>) -> Reply {
     send(
-        app::api_router(f.app.clone()),
+        crate::http::api_router(f.app.clone()),
         form_request("/oauth2/token", form, authorization, [10, 0, 0, 1]),
     )
     .await
@@ -465,10 +465,22 @@ fn secret_check_does_the_same_work_for_unknown_clients() {
     // pins the results (timing equality is by construction).
     let f = fixture();
     let client = f.store.client(TASK_ID).expect("client");
-    let now = crate::token::unix_now();
-    assert!(crate::token::verify_secret(Some(&client), TASK_SECRET, now));
-    assert!(!crate::token::verify_secret(Some(&client), "wrong", now));
-    assert!(!crate::token::verify_secret(None, TASK_SECRET, now));
+    let now = crate::http::token::unix_now();
+    assert!(crate::http::client_auth::verify_secret(
+        Some(&client),
+        TASK_SECRET,
+        now
+    ));
+    assert!(!crate::http::client_auth::verify_secret(
+        Some(&client),
+        "wrong",
+        now
+    ));
+    assert!(!crate::http::client_auth::verify_secret(
+        None,
+        TASK_SECRET,
+        now
+    ));
 }
 
 #[tokio::test]
@@ -476,7 +488,7 @@ async fn expired_secret_verifier_is_refused_and_the_rotated_one_works() {
     let f = fixture();
     let old = "old-secret";
     let new = "new-secret";
-    let now = crate::token::unix_now();
+    let now = crate::http::token::unix_now();
     let mut client = oauth_client(
         "rotating",
         serde_json::json!({"scopes": ["a"], "audiences": ["x"]}),
@@ -589,7 +601,7 @@ async fn non_form_body_is_invalid_request() {
     request
         .extensions_mut()
         .insert(ConnectInfo(SocketAddr::from(([10, 0, 0, 1], 1))));
-    let reply = send(app::api_router(f.app.clone()), request).await;
+    let reply = send(crate::http::api_router(f.app.clone()), request).await;
     assert_oauth_error(&reply, StatusCode::BAD_REQUEST, "invalid_request");
 }
 
@@ -646,7 +658,7 @@ async fn repeated_failures_get_429_with_retry_after_even_with_the_right_secret()
         failed_auth_per_minute: NonZeroU32::new(30).expect("nonzero"),
         ..settings()
     });
-    let router = app::api_router(f.app.clone());
+    let router = crate::http::api_router(f.app.clone());
     for attempt in 0..30 {
         let reply = send(
             router.clone(),
@@ -706,10 +718,10 @@ fn assertion(f: &Fixture, claims: serde_json::Value) -> String {
 }
 
 fn assertion_claims(aud: &str) -> serde_json::Value {
-    let now = crate::token::unix_now();
+    let now = crate::http::token::unix_now();
     serde_json::json!({
         "iss": "jwt-client.tasks", "sub": "jwt-client.tasks", "aud": aud,
-        "exp": now + 300, "iat": now, "jti": crate::token::new_jti(),
+        "exp": now + 300, "iat": now, "jti": crate::http::token::new_jti(),
     })
 }
 
@@ -770,7 +782,7 @@ async fn private_key_jwt_checks_aud_iss_sub_exp_and_jti() {
         }),
         ("expired", {
             let mut c = assertion_claims(&endpoint);
-            c["exp"] = (crate::token::unix_now() - 600).into();
+            c["exp"] = (crate::http::token::unix_now() - 600).into();
             c
         }),
         ("no jti", {
@@ -780,7 +792,7 @@ async fn private_key_jwt_checks_aud_iss_sub_exp_and_jti() {
         }),
         ("lifetime over 1h", {
             let mut c = assertion_claims(&endpoint);
-            c["exp"] = (crate::token::unix_now() + 7200).into();
+            c["exp"] = (crate::http::token::unix_now() + 7200).into();
             c
         }),
     ];
@@ -839,7 +851,7 @@ async fn wrong_assertion_type_is_invalid_request() {
 async fn jwks_lists_pending_active_and_retired_keys_with_kid_alg_use() {
     let f = fixture();
     let reply = send(
-        app::api_router(f.app.clone()),
+        crate::http::api_router(f.app.clone()),
         Request::get("/.well-known/jwks.json")
             .body(Body::empty())
             .expect("request"),
@@ -871,7 +883,7 @@ async fn jwks_lists_pending_active_and_retired_keys_with_kid_alg_use() {
 #[tokio::test]
 async fn jwks_has_etag_max_age_within_prepublish_and_answers_304() {
     let f = fixture();
-    let router = app::api_router(f.app.clone());
+    let router = crate::http::api_router(f.app.clone());
     let first = send(
         router.clone(),
         Request::get("/.well-known/jwks.json")
@@ -941,7 +953,7 @@ async fn both_discovery_documents_derive_from_the_issuer_url() {
         "/.well-known/oauth-authorization-server",
     ] {
         let reply = send(
-            app::api_router(f.app.clone()),
+            crate::http::api_router(f.app.clone()),
             Request::get(path).body(Body::empty()).expect("request"),
         )
         .await;
@@ -977,7 +989,7 @@ async fn issuer_url_with_a_path_moves_every_endpoint_under_it() {
             .expect("a valid URL"),
         ..settings()
     });
-    let router = app::api_router(f.app.clone());
+    let router = crate::http::api_router(f.app.clone());
     for path in [
         "/tenant/.well-known/openid-configuration",
         "/tenant/.well-known/oauth-authorization-server",
@@ -1021,7 +1033,7 @@ async fn issuer_url_with_a_path_moves_every_endpoint_under_it() {
 
 async fn introspect(f: &Fixture, token: &str) -> Reply {
     send(
-        app::api_router(f.app.clone()),
+        crate::http::api_router(f.app.clone()),
         form_request(
             "/oauth2/introspect",
             &format!("token={token}"),
@@ -1052,13 +1064,13 @@ async fn introspection_reports_a_fresh_token_active_with_its_claims() {
 async fn introspection_requires_client_authentication() {
     let f = fixture();
     let reply = send(
-        app::api_router(f.app.clone()),
+        crate::http::api_router(f.app.clone()),
         form_request("/oauth2/introspect", "token=abc", None, [10, 0, 0, 2]),
     )
     .await;
     assert_oauth_error(&reply, StatusCode::UNAUTHORIZED, "invalid_client");
     let wrong = send(
-        app::api_router(f.app.clone()),
+        crate::http::api_router(f.app.clone()),
         form_request(
             "/oauth2/introspect",
             "token=abc",
@@ -1074,7 +1086,7 @@ async fn introspection_requires_client_authentication() {
 async fn introspection_without_token_is_invalid_request() {
     let f = fixture();
     let reply = send(
-        app::api_router(f.app.clone()),
+        crate::http::api_router(f.app.clone()),
         form_request(
             "/oauth2/introspect",
             "token_type_hint=access_token",
@@ -1105,8 +1117,8 @@ fn introspection_reports_expired_tokens_inactive() {
         .active
         .clone()
         .expect("active");
-    let long_ago = crate::token::unix_now() - 7200;
-    let claims = crate::token::access_token_claims(
+    let long_ago = crate::http::token::unix_now() - 7200;
+    let claims = crate::http::token::access_token_claims(
         ISSUER,
         &client,
         &["event.view"],
@@ -1114,12 +1126,16 @@ fn introspection_reports_expired_tokens_inactive() {
         long_ago,
         "jti",
     );
-    let expired = crate::token::sign_jwt(&active, TokenTyp::AtJwt, &claims).expect("sign");
-    let answer =
-        crate::introspect::introspect_token(&f.store, ISSUER, &expired, crate::token::unix_now());
+    let expired = crate::http::token::sign_jwt(&active, TokenTyp::AtJwt, &claims).expect("sign");
+    let answer = crate::http::introspect::introspect_token(
+        &f.store,
+        ISSUER,
+        &expired,
+        crate::http::token::unix_now(),
+    );
     assert_eq!(answer, serde_json::json!({"active": false}));
     // The same token is active at its issue time: only expiry differs.
-    let then = crate::introspect::introspect_token(&f.store, ISSUER, &expired, long_ago + 1);
+    let then = crate::http::introspect::introspect_token(&f.store, ISSUER, &expired, long_ago + 1);
     assert_eq!(then["active"], true);
 }
 
@@ -1141,23 +1157,23 @@ async fn introspection_reports_tokens_of_deleted_or_disabled_clients_inactive() 
     );
     disabled = standalone::with_verifier(&disabled, &secrets(&[(TASK_ID, TASK_SECRET)]));
     f.store.upsert_client(&disabled);
-    let answer = crate::introspect::introspect_token(
+    let answer = crate::http::introspect::introspect_token(
         &f.store,
         ISSUER,
         &access_token,
-        crate::token::unix_now(),
+        crate::http::token::unix_now(),
     );
     assert_eq!(answer["active"], false);
 
-    f.store.remove_client(&crate::store::ObjectKey {
+    f.store.remove_client(&crate::index::ObjectKey {
         namespace: "tasks".into(),
         name: "task-service".into(),
     });
-    let answer = crate::introspect::introspect_token(
+    let answer = crate::http::introspect::introspect_token(
         &f.store,
         ISSUER,
         &access_token,
-        crate::token::unix_now(),
+        crate::http::token::unix_now(),
     );
     assert_eq!(answer["active"], false);
 }
@@ -1191,15 +1207,21 @@ fn introspection_refuses_a_tampered_token() {
         .active
         .clone()
         .expect("active");
-    let now = crate::token::unix_now();
-    let claims =
-        crate::token::access_token_claims(ISSUER, &client, &["event.view"], &["event"], now, "jti");
-    let good = crate::token::sign_jwt(&active, TokenTyp::AtJwt, &claims).expect("sign");
+    let now = crate::http::token::unix_now();
+    let claims = crate::http::token::access_token_claims(
+        ISSUER,
+        &client,
+        &["event.view"],
+        &["event"],
+        now,
+        "jti",
+    );
+    let good = crate::http::token::sign_jwt(&active, TokenTyp::AtJwt, &claims).expect("sign");
     let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
     parts[1] = URL_SAFE_NO_PAD.encode(claims.replace("event.view", "event.delete"));
     let tampered = parts.join(".");
     assert_eq!(
-        crate::introspect::introspect_token(&f.store, ISSUER, &tampered, now)["active"],
+        crate::http::introspect::introspect_token(&f.store, ISSUER, &tampered, now)["active"],
         false
     );
 }
@@ -1212,7 +1234,7 @@ async fn readyz_needs_synced_caches_and_an_active_key() {
     let app =
         Arc::new(App::new(store.clone(), Arc::new(Metrics::new()), &settings()).expect("app"));
     let get = |path: &'static str| {
-        let router = app::health_router(app.clone());
+        let router = crate::http::health_router(app.clone());
         async move {
             send(
                 router,
@@ -1259,7 +1281,7 @@ async fn metrics_count_token_results_latency_clients_and_keys() {
     )
     .await;
     let reply = send(
-        app::health_router(f.app.clone()),
+        crate::http::health_router(f.app.clone()),
         Request::get("/metrics")
             .body(Body::empty())
             .expect("request"),

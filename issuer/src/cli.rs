@@ -10,12 +10,13 @@ use clap::{Parser, Subcommand};
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use sigil_core::IssuerUrl;
 
-use crate::admission::{self, AdmissionState, ClientDirectory};
-use crate::agent::{self, AgentArgs, TokenArgs};
-use crate::app::{self, App, Settings};
+use crate::http::{self, serve};
+use crate::index::{Store, TokenTyp};
+use crate::inject::admission::{self, AdmissionState, ClientDirectory};
 use crate::metrics::Metrics;
-use crate::standalone;
-use crate::store::{Store, TokenTyp};
+use crate::source::standalone;
+use crate::state::{self, App, Settings};
+use sigil_agent::{self as agent, AgentArgs, TokenArgs};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -147,10 +148,10 @@ impl ServeArgs {
     }
 
     /// What the pod webhook injects.
-    pub fn injection_config(&self) -> crate::webhook::InjectionConfig {
+    pub fn injection_config(&self) -> crate::inject::mutate::InjectionConfig {
         let resources =
             Some(self.agent_resources.clone()).filter(|r| *r != ResourceRequirements::default());
-        crate::webhook::InjectionConfig {
+        crate::inject::mutate::InjectionConfig {
             issuer_url: self.issuer_url.to_string(),
             token_url: self.issuer_url.token_endpoint(),
             agent_image: self.agent_image.clone(),
@@ -164,7 +165,7 @@ impl ServeArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
-    Serve(#[from] app::ServeError),
+    Serve(#[from] serve::ServeError),
     #[error(transparent)]
     Standalone(#[from] standalone::StandaloneError),
     #[error(transparent)]
@@ -221,7 +222,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), RunError> {
             config: args.injection_config(),
             metrics: metrics.clone(),
         })));
-        tokio::spawn(crate::cluster::run(
+        tokio::spawn(crate::source::cluster::run(
             client,
             args.namespace.clone(),
             store.clone(),
@@ -230,16 +231,16 @@ pub async fn serve(args: ServeArgs) -> Result<(), RunError> {
         ));
     }
 
-    app::spawn_housekeeping(app.clone());
-    let health = app::serve_plain(args.health_listen, app::health_router(app.clone()));
-    let mut api = app::api_router(app);
+    state::spawn_housekeeping(app.clone());
+    let health = serve::serve_plain(args.health_listen, http::health_router(app.clone()));
+    let mut api = http::api_router(app);
     if let Some(webhook) = webhook {
         api = api.merge(webhook);
     }
     let api = async {
         match (args.tls_cert, args.tls_key) {
-            (Some(cert), Some(key)) => app::serve_tls(args.listen, api, cert, key).await,
-            _ => app::serve_plain(args.listen, api).await,
+            (Some(cert), Some(key)) => serve::serve_tls(args.listen, api, cert, key).await,
+            _ => serve::serve_plain(args.listen, api).await,
         }
     };
     tokio::select! {

@@ -2,21 +2,13 @@
 //! of DESIGN.md §6, served from in-memory indexes that cluster watches or
 //! standalone manifests feed.
 
-pub mod admission;
-pub mod agent;
-pub mod app;
 pub mod cli;
-pub mod cluster;
-pub mod discovery;
-pub mod introspect;
-pub mod jwks;
+pub mod http;
+pub mod index;
+pub mod inject;
 pub mod metrics;
-pub mod oauth_error;
-pub mod ratelimit;
-pub mod standalone;
-pub mod store;
-pub mod token;
-pub mod webhook;
+pub mod source;
+pub mod state;
 
 #[cfg(test)]
 mod api_tests;

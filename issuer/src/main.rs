@@ -1,5 +1,5 @@
 use clap::{CommandFactory, FromArgMatches};
-use sigil_issuer::agent::{print_token, run_agent};
+use sigil_agent::{print_token, run_agent};
 use sigil_issuer::cli::{Cli, Command, ServeArgs, serve};
 
 #[tokio::main]

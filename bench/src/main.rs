@@ -28,10 +28,10 @@ use clap::Parser;
 use http_body_util::{BodyExt, Full};
 use sigil_core::keys::{ParsedKey, generate_pkcs8_der};
 use sigil_crds::SigningAlgorithm;
-use sigil_issuer::app::{self, App, Settings};
+use sigil_issuer::index::{Store, TokenTyp};
 use sigil_issuer::metrics::Metrics;
-use sigil_issuer::standalone;
-use sigil_issuer::store::{Store, TokenTyp};
+use sigil_issuer::source::standalone;
+use sigil_issuer::state::{App, Settings};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -264,7 +264,7 @@ fn start_server(
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let addr = listener.local_addr()?;
     runtime.spawn(async move {
-        if let Err(error) = app::serve_listener(listener, router).await {
+        if let Err(error) = sigil_issuer::http::serve::serve_listener(listener, router).await {
             eprintln!("bench server failed: {error}");
         }
     });
@@ -336,11 +336,11 @@ fn best(values: &[f64]) -> f64 {
 /// The token pipeline without HTTP (authenticate, narrow, claims, sign,
 /// body) on one thread: what the handler itself costs.
 fn pipeline_rate(app: &App, shots: &[Shot], seconds: f64) -> anyhow::Result<f64> {
-    let form = sigil_issuer::token::parse_form(b"grant_type=client_credentials")?;
-    let requests: Vec<sigil_issuer::token::FormRequest> = shots
+    let form = sigil_issuer::http::form::parse_form(b"grant_type=client_credentials")?;
+    let requests: Vec<sigil_issuer::http::form::FormRequest> = shots
         .iter()
         .take(1000)
-        .map(|shot| sigil_issuer::token::FormRequest {
+        .map(|shot| sigil_issuer::http::form::FormRequest {
             source: Some(std::net::IpAddr::from([127, 0, 0, 1])),
             authorization: shot
                 .authorization
@@ -353,12 +353,16 @@ fn pipeline_rate(app: &App, shots: &[Shot], seconds: f64) -> anyhow::Result<f64>
     let mut count = 0u64;
     while started.elapsed().as_secs_f64() < seconds {
         for request in &requests {
-            let now = sigil_issuer::token::unix_now();
-            let client =
-                sigil_issuer::token::authenticate_request(app, request, &app.token_endpoint, now)?;
+            let now = sigil_issuer::http::token::unix_now();
+            let client = sigil_issuer::http::client_auth::authenticate_request(
+                app,
+                request,
+                &app.token_endpoint,
+                now,
+            )?;
             let (token, expires_in, scope) =
-                sigil_issuer::token::issue(app, &client, &request.form, now)?;
-            std::hint::black_box(sigil_issuer::token::token_response_body(
+                sigil_issuer::http::token::issue(app, &client, &request.form, now)?;
+            std::hint::black_box(sigil_issuer::http::token::token_response_body(
                 &token, expires_in, &scope,
             ));
         }
@@ -465,7 +469,7 @@ fn main() -> anyhow::Result<()> {
         setup.elapsed().as_secs_f64()
     );
     let (issuer_runtime, issuer_addr) = start_server(
-        app::api_router(issuer_app.clone()),
+        sigil_issuer::http::api_router(issuer_app.clone()),
         args.server_threads,
         ISSUER_THREADS,
     )?;

@@ -9,8 +9,7 @@
 //! `..data`) works too.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -225,29 +224,7 @@ fn parse(
     })
 }
 
-/// Writes `contents` to `dir/name` so that readers see the old or the new
-/// file, never a partial one, also after a crash: temp file, fsync,
-/// rename, fsync of the folder.
-pub fn write_atomically(dir: &Path, name: &str, contents: &[u8], mode: u32) -> std::io::Result<()> {
-    let temp = dir.join(format!(".{name}.{:016x}.tmp", rand::random::<u64>()));
-    let result = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&temp)?;
-        // The umask may have narrowed `mode`.
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&temp, dir.join(name))?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result
-}
+pub use sigil_core::fs::write_atomically;
 
 /// Mirrors the credential files into `output_dir` (except a key named like
 /// the token file) and removes the ones `previous` wrote that are gone.

@@ -19,7 +19,7 @@ use sigil_crds::{
     SigningAlgorithm, SigningKey, SigningKeySpec,
 };
 
-use crate::store::{ClientEntry, Ring, RingKeySource, Store};
+use crate::index::{ClientEntry, Ring, RingKeySource, Store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StandaloneError {
@@ -243,7 +243,7 @@ fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     };
-    crate::agent::credentials::write_atomically(dir, name, contents, 0o600)
+    sigil_core::fs::write_atomically(dir, name, contents, 0o600)
 }
 
 /// The client with the status the operator would have written: the
@@ -274,7 +274,7 @@ pub fn load_clients(store: &Store, clients: &[OAuthClient], secrets: &BTreeMap<S
     for client in clients {
         let id = client.client_id();
         if let Some(previous) =
-            seen.insert(id.clone(), crate::store::ObjectKey::of(&client.metadata))
+            seen.insert(id.clone(), crate::index::ObjectKey::of(&client.metadata))
         {
             tracing::warn!(client_id = %id, first = %previous, "duplicate client id in the manifests; the first one keeps it");
             continue;

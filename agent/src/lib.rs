@@ -7,6 +7,10 @@
 //! watching kubelet's `..data` link, and answers `/readyz` with 200 only
 //! while it holds an unexpired token. Neither the secret nor a token ever
 //! reaches a log line.
+//!
+//! Its own crate because it runs in every workload pod: it depends on the
+//! API types and the core only, never on the issuer's server code (the
+//! issuer binary runs it as its `agent` and `token` subcommands).
 
 pub mod credentials;
 pub mod schedule;

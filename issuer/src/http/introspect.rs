@@ -12,11 +12,13 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 
-use crate::app::App;
+use crate::http::client_auth::authenticate_request;
+use crate::http::error::OAuthError;
+use crate::http::form::read_form_request;
+use crate::http::token::unix_now;
+use crate::index::Store;
 use crate::metrics::ResultLabel;
-use crate::oauth_error::OAuthError;
-use crate::store::Store;
-use crate::token::{authenticate_request, read_form_request, unix_now};
+use crate::state::App;
 
 #[derive(Deserialize)]
 struct Header {

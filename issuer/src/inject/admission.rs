@@ -1,7 +1,7 @@
 //! `POST /webhooks/pods`: the HTTP side of the mutating admission webhook
 //! (DESIGN.md §5). It decodes the AdmissionReview, looks the named clients
 //! up in [`ClientDirectory`] (fed by the OAuthClient watch, so no API call
-//! on the request path), runs the pure [`webhook::inject`], and answers with
+//! on the request path), runs the pure [`mutate::inject`], and answers with
 //! the JSON patch or a refusal that `kubectl` shows the user.
 
 use std::collections::HashMap;
@@ -20,9 +20,9 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use sigil_crds::{CONDITION_READY, OAuthClient};
 
+use crate::index::ObjectKey;
+use crate::inject::mutate::{self, ClientView, InjectionConfig};
 use crate::metrics::{Metrics, ResultLabel};
-use crate::store::ObjectKey;
-use crate::webhook::{self, ClientView, InjectionConfig};
 
 /// Path of the webhook on the issuer's main listener (the chart's
 /// MutatingWebhookConfiguration points here).
@@ -238,14 +238,14 @@ pub fn review_pod(
         );
     }
     let lookup = |name: &str| state.directory.lookup(&namespace, name);
-    let mutated = match webhook::inject(&pod, &namespace, lookup, &state.config) {
+    let mutated = match mutate::inject(&pod, &namespace, lookup, &state.config) {
         Ok(mutated) => mutated,
         Err(refusal) => {
             tracing::info!(%namespace, pod = %pod_name, dry_run = request.dry_run, %refusal, "webhook: refused a pod");
             return (allow.deny(refusal), Outcome::Refused);
         }
     };
-    let patch = match webhook::patch(&pod, &mutated) {
+    let patch = match mutate::patch(&pod, &mutated) {
         Ok(patch) => patch,
         Err(error) => {
             tracing::error!(%namespace, pod = %pod_name, %error, "webhook: cannot diff the pod");

@@ -18,9 +18,9 @@ use sigil_crds::backoff::WatchBackoff;
 use sigil_crds::watch::{Undecodable, guarded_watcher};
 use sigil_crds::{OAuthClient, SigningKey};
 
-use crate::admission::ClientDirectory;
+use crate::index::{ObjectKey, Store};
+use crate::inject::admission::ClientDirectory;
 use crate::metrics::{Metrics, ResourceLabel};
-use crate::store::{ObjectKey, Store};
 
 const RESOURCES: [&str; 3] = ["oauthclients", "signingkeys", "secrets"];
 

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 
-use crate::app::App;
+use crate::state::App;
 
 pub async fn jwks_endpoint(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     let document = app.store.jwks();

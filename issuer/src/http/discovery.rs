@@ -10,7 +10,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use bytes::Bytes;
 
-use crate::app::App;
+use crate::state::App;
 
 pub const AUTH_METHODS: [&str; 3] = [
     "client_secret_basic",
