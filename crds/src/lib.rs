@@ -1,4 +1,7 @@
-//! Sigil's custom resources, shared by the operator and the issuer.
+//! Sigil's API contract: the custom resources and the rules over them
+//! (validation, the key-rotation planner, condition reasons, guarded
+//! watches), shared by the operator, the issuer and the agent. Depends on
+//! `sigil-core` and kube's types only: never on a Sigil binary crate.
 //!
 //! The types here *are* the API contract of `shared/DESIGN.md` §3–§4: the
 //! generated CRD YAML (`cargo run -p sigil-crds --bin gen-crds`) is derived

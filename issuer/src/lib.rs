@@ -1,6 +1,11 @@
 //! Sigil's issuer: the token, JWKS, discovery and introspection endpoints
 //! of DESIGN.md §6, served from in-memory indexes that cluster watches or
-//! standalone manifests feed.
+//! standalone manifests feed. Only `sigil-bench` and the tests depend on it;
+//! the operator and the agent never do.
+//!
+//! [`http`] serves requests from the [`index`]; [`source`] fills the index
+//! (cluster or standalone); [`inject`] is the pod webhook; [`state`] holds
+//! what handlers share; [`cli`] wires it all.
 
 pub mod cli;
 pub mod http;

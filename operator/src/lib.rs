@@ -1,5 +1,6 @@
 //! The Sigil operator: reconciles `OAuthClient` into a credentials Secret
 //! and `SigningKey` into a rotated ring of private keys (DESIGN.md §3–§4).
+//! A binary crate in all but name: nothing else may depend on it.
 //!
 //! Layout (after kube-rs `controller-rs`): [`config`] holds the command line,
 //! [`controller`] wires watches, stores and the two controllers,
