@@ -60,20 +60,32 @@ pub fn ready_reason_is(conditions: &[Condition], reason: Reason) -> bool {
     ready_of(conditions).is_some_and(|c| c.reason == reason.as_str())
 }
 
-/// A status with conditions (both resources' statuses).
+/// A status with conditions and an observed generation (both resources').
 pub trait HasConditions {
     fn conditions(&self) -> &[Condition];
+    /// Replaces the conditions and records the generation they describe.
+    fn set_conditions(&mut self, conditions: Vec<Condition>, generation: Option<i64>);
 }
 
 impl HasConditions for OAuthClientStatus {
     fn conditions(&self) -> &[Condition] {
         &self.conditions
     }
+
+    fn set_conditions(&mut self, conditions: Vec<Condition>, generation: Option<i64>) {
+        self.conditions = conditions;
+        self.observed_generation = generation;
+    }
 }
 
 impl HasConditions for SigningKeyStatus {
     fn conditions(&self) -> &[Condition] {
         &self.conditions
+    }
+
+    fn set_conditions(&mut self, conditions: Vec<Condition>, generation: Option<i64>) {
+        self.conditions = conditions;
+        self.observed_generation = generation;
     }
 }
 

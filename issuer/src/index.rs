@@ -634,14 +634,7 @@ impl Store {
             return;
         }
         secrets.insert(secret_name.to_owned(), pems);
-        let affected: Vec<String> = rings
-            .iter()
-            .filter(|(_, i)| i.secret_name.as_deref() == Some(secret_name))
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in affected {
-            self.rebuild_ring(&name, rings, secrets);
-        }
+        self.rebuild_rings_of_secret(secret_name, rings, secrets);
     }
 
     pub fn remove_key_secret(&self, secret_name: &str) {
@@ -650,13 +643,23 @@ impl Store {
         if secrets.remove(secret_name).is_none() {
             return;
         }
-        let affected: Vec<String> = rings
+        self.rebuild_rings_of_secret(secret_name, rings, secrets);
+    }
+
+    /// Rebuilds every ring whose private keys live in `secret_name`.
+    fn rebuild_rings_of_secret(
+        &self,
+        secret_name: &str,
+        rings: &HashMap<String, RingInputs>,
+        secrets: &HashMap<String, BTreeMap<String, String>>,
+    ) {
+        let affected: Vec<&String> = rings
             .iter()
             .filter(|(_, i)| i.secret_name.as_deref() == Some(secret_name))
-            .map(|(name, _)| name.clone())
+            .map(|(name, _)| name)
             .collect();
         for name in affected {
-            self.rebuild_ring(&name, rings, secrets);
+            self.rebuild_ring(name, rings, secrets);
         }
     }
 

@@ -24,8 +24,10 @@ use crate::metrics::{Metrics, ResourceLabel};
 
 const RESOURCES: [&str; 3] = ["oauthclients", "signingkeys", "secrets"];
 
-/// Which watches have listed at least once and which are connected now.
-struct Health {
+/// Which watches have listed at least once and which are connected now:
+/// drives the store's readiness and the `apiserver_connected` metric
+/// (the operator's `Health` is about leadership and probes instead).
+struct WatchStatus {
     store: Arc<Store>,
     metrics: Arc<Metrics>,
     synced: [AtomicBool; 3],
@@ -33,7 +35,7 @@ struct Health {
     failing: AtomicU8,
 }
 
-impl Health {
+impl WatchStatus {
     fn listed(&self, index: usize) {
         self.synced[index].store(true, Ordering::Release);
         if self.synced.iter().all(|s| s.load(Ordering::Acquire)) {
@@ -194,7 +196,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     directory: Arc<ClientDirectory>,
 ) {
-    let health = Arc::new(Health {
+    let health = Arc::new(WatchStatus {
         store: store.clone(),
         metrics: metrics.clone(),
         synced: Default::default(),
@@ -264,7 +266,7 @@ fn report_undecodable(metrics: Arc<Metrics>, resource: &'static str) -> impl Fn(
 async fn feed<K, I>(
     stream: impl Stream<Item = Result<Event<K>, watcher::Error>>,
     mut index: I,
-    health: Arc<Health>,
+    health: Arc<WatchStatus>,
     slot: usize,
 ) where
     I: Index<K>,

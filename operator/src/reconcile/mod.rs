@@ -43,30 +43,52 @@ pub fn ready_condition(
     }
 }
 
-/// Records a refusal: writes `new` (whose `Ready` condition is `False`
-/// with `reason` and `message`), then, when the reason is new, one Warning
-/// Event. Status first, everywhere: it is the record the issuer and users
-/// read; the Event is only a notification and may be lost.
-#[allow(clippy::too_many_arguments)]
+/// Why a reconcile stops without credentials or keys: the `Ready=False`
+/// reason, the Event's action and the message both carry.
+pub struct Refusal {
+    pub reason: Reason,
+    /// What the operator was doing (`CheckClientId`, `WriteSecret`).
+    pub action: &'static str,
+    pub message: String,
+}
+
+/// Records a refusal: writes `new` with `Ready=False` and the refusal's
+/// reason and message, then, when the reason is new, one Warning Event.
+/// Status first, everywhere: it is the record the issuer and users read;
+/// the Event is only a notification and may be lost.
 pub async fn refuse<K, S>(
     ctx: &Context,
     obj: &K,
     api: &kube::Api<K>,
-    old: &S,
-    new: S,
-    reason: Reason,
-    action: &str,
-    message: String,
+    (old, mut new): (&S, S),
+    refusal: Refusal,
+    now: Timestamp,
 ) -> Result<Action, Error>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
     S: PartialEq + serde::Serialize + HasConditions,
 {
-    let reason_is_new = !ready_reason_is(old.conditions(), reason);
+    let generation = obj.meta().generation;
+    let ready = ready_condition(
+        old.conditions(),
+        false,
+        refusal.reason,
+        refusal.message.clone(),
+        generation,
+        now,
+    );
+    new.set_conditions(vec![ready], generation);
+    let reason_is_new = !ready_reason_is(old.conditions(), refusal.reason);
     write_status(api, &obj.name_any(), old, new).await?;
     if reason_is_new {
-        ctx.event(obj, EventType::Warning, reason.as_str(), action, message)
-            .await;
+        ctx.event(
+            obj,
+            EventType::Warning,
+            refusal.reason.as_str(),
+            refusal.action,
+            refusal.message,
+        )
+        .await;
     }
     Ok(Action::await_change())
 }

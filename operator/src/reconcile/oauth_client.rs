@@ -30,7 +30,8 @@ use sigil_crds::{
 };
 
 use super::{
-    floor_second, ready_condition, refuse, secret_is_ours, secret_owned_by, until, write_status,
+    Refusal, floor_second, ready_condition, refuse, secret_is_ours, secret_owned_by, until,
+    write_status,
 };
 use crate::FIELD_MANAGER;
 use crate::context::{Context, Error, Result, jitter};
@@ -402,33 +403,16 @@ async fn reconcile_client(oac: &OAuthClient, ctx: &Context) -> Result<Action> {
         if let Some(old_name) = &previous_secret_name {
             delete_owned_secret(&secrets, old_name, oac).await?;
         }
-        let message = format!(
-            "clientId {client_id:?} is already used by OAuthClient {holder}, which was created first; set a unique spec.clientId"
-        );
-        let new_status = OAuthClientStatus {
-            observed_generation: generation,
-            conditions: vec![ready_condition(
-                &status.conditions,
-                false,
-                Reason::DuplicateClientId,
-                message.clone(),
-                generation,
-                now,
-            )],
-            ..Default::default()
+        let refusal = Refusal {
+            reason: Reason::DuplicateClientId,
+            action: "CheckClientId",
+            message: format!(
+                "clientId {client_id:?} is already used by OAuthClient {holder}, which was created first; set a unique spec.clientId"
+            ),
         };
-        let refused = Reason::DuplicateClientId;
-        return refuse(
-            ctx,
-            oac,
-            &clients,
-            &status,
-            new_status,
-            refused,
-            "CheckClientId",
-            message,
-        )
-        .await;
+        // A duplicate holds nothing: no verifiers, no Secret name.
+        let new_status = OAuthClientStatus::default();
+        return refuse(ctx, oac, &clients, (&status, new_status), refusal, now).await;
     }
 
     let rotation = match rotation_of(oac) {
@@ -458,31 +442,14 @@ async fn reconcile_client(oac: &OAuthClient, ctx: &Context) -> Result<Action> {
     if let Some(existing) = &existing
         && !secret_is_ours(existing, oac)
     {
-        let message = format!(
-            "Secret {secret_name} exists and is not managed by this OAuthClient; delete it or set spec.secretName"
-        );
-        let mut new_status = status.clone();
-        new_status.observed_generation = generation;
-        new_status.conditions = vec![ready_condition(
-            &status.conditions,
-            false,
-            Reason::SecretConflict,
-            message.clone(),
-            generation,
-            now,
-        )];
-        let refused = Reason::SecretConflict;
-        return refuse(
-            ctx,
-            oac,
-            &clients,
-            &status,
-            new_status,
-            refused,
-            "WriteSecret",
-            message,
-        )
-        .await;
+        let refusal = Refusal {
+            reason: Reason::SecretConflict,
+            action: "WriteSecret",
+            message: format!(
+                "Secret {secret_name} exists and is not managed by this OAuthClient; delete it or set spec.secretName"
+            ),
+        };
+        return refuse(ctx, oac, &clients, (&status, status.clone()), refusal, now).await;
     }
 
     let client_secret_of = |secret: &Secret| {

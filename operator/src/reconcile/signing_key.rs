@@ -30,7 +30,7 @@ use sigil_crds::{
     SigningKeyStatus, annotations,
 };
 
-use super::{ready_condition, refuse, secret_is_ours, until, write_status};
+use super::{Refusal, ready_condition, refuse, secret_is_ours, until, write_status};
 use crate::FIELD_MANAGER;
 use crate::context::{Context, Error, Result};
 
@@ -118,30 +118,14 @@ async fn reconcile_ring(sk: &SigningKey, ctx: &Context) -> Result<Action> {
     if let Some(existing) = &existing
         && !secret_is_ours(existing, sk)
     {
-        let message =
-            format!("Secret {secret_name} exists and is not managed by this SigningKey; delete it");
-        let mut new_status = status.clone();
-        new_status.observed_generation = generation;
-        new_status.conditions = vec![ready_condition(
-            &status.conditions,
-            false,
-            Reason::SecretConflict,
-            message.clone(),
-            generation,
-            now,
-        )];
-        let refused = Reason::SecretConflict;
-        return refuse(
-            ctx,
-            sk,
-            &api,
-            &status,
-            new_status,
-            refused,
-            "WriteSecret",
-            message,
-        )
-        .await;
+        let refusal = Refusal {
+            reason: Reason::SecretConflict,
+            action: "WriteSecret",
+            message: format!(
+                "Secret {secret_name} exists and is not managed by this SigningKey; delete it"
+            ),
+        };
+        return refuse(ctx, sk, &api, (&status, status.clone()), refusal, now).await;
     }
 
     // Private keys on hand, as PEM text.
