@@ -1,5 +1,6 @@
 //! Test support for Sigil: the local control plane (`cluster`), its PKI, and
-//! helpers shared by the end-to-end tests in `tests/tests/`.
+//! helpers shared by the end-to-end tests in `tests/tests/`. Nothing that
+//! ships may depend on this crate.
 
 pub mod cluster;
 pub mod pki;
