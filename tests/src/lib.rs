@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod pki;
 pub mod processes;
+pub mod soak;
 
 use std::path::PathBuf;
 

@@ -39,6 +39,19 @@ struct Args {
     /// Stop after the demo instead of waiting for Ctrl-C.
     #[arg(long)]
     exit: bool,
+    /// After the demo, soak the issuer for this long (Go duration, e.g.
+    /// 10m): steady token load, a forced key rotation every minute, a client
+    /// secret rotation every two minutes, every token verified, RSS
+    /// sampled; then stop. Fails on any failed request or verification.
+    #[arg(long, value_parser = parse_soak_duration)]
+    soak: Option<Duration>,
+    /// Token requests per second during the soak.
+    #[arg(long, default_value_t = 200)]
+    soak_rate: u32,
+}
+
+fn parse_soak_duration(value: &str) -> Result<Duration, String> {
+    sigil_crds::parse_duration(value).map_err(|e| e.to_string())
 }
 
 const STEPS: u32 = 8;
@@ -76,7 +89,10 @@ async fn main() -> anyhow::Result<()> {
     let result = run(&args, &control_plane, &logs).await;
     match result {
         Ok(mut processes) => {
-            if !args.exit {
+            let mut outcome = Ok(());
+            if let Some(duration) = args.soak {
+                outcome = soak(&args, &control_plane, &processes, duration).await;
+            } else if !args.exit {
                 wait_for_shutdown().await;
             }
             println!("stopping...");
@@ -84,7 +100,7 @@ async fn main() -> anyhow::Result<()> {
                 p.stop().await;
             }
             control_plane.stop();
-            Ok(())
+            outcome
         }
         Err(e) => {
             control_plane.stop();
@@ -287,6 +303,39 @@ async fn run(args: &Args, cp: &ControlPlane, logs: &Path) -> anyhow::Result<Vec<
     println!("  curl -s {issuer_url}/.well-known/jwks.json");
     println!("Logs: {}. Press Ctrl-C to stop.", logs.display());
     Ok(vec![operator, issuer, calendar])
+}
+
+/// `--soak`: load the issuer started by [`run`] (the second process).
+async fn soak(
+    args: &Args,
+    cp: &ControlPlane,
+    processes: &[Process],
+    duration: Duration,
+) -> anyhow::Result<()> {
+    let issuer_pid = processes
+        .get(1)
+        .and_then(Process::pid)
+        .context("the issuer is not running")?;
+    println!();
+    println!(
+        "soaking the issuer for {} s at {} requests/s",
+        duration.as_secs(),
+        args.soak_rate
+    );
+    sigil_tests::soak::run(sigil_tests::soak::Soak {
+        client: cp.client().await?,
+        issuer_url: format!("http://127.0.0.1:{}", args.issuer_port),
+        issuer_pid,
+        namespace: EXAMPLE_NAMESPACE.to_owned(),
+        name: "task-service".to_owned(),
+        audience: "event".to_owned(),
+        key_namespace: SIGIL_NAMESPACE.to_owned(),
+        key_name: "default".to_owned(),
+        duration,
+        rate: args.soak_rate,
+        workers: 4,
+    })
+    .await
 }
 
 const SIGNING_KEY: &str = "apiVersion: sigil.dev/v1alpha1
