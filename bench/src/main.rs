@@ -305,9 +305,8 @@ fn standalone_issuer(
     ))?;
     store.mark_synced();
     let settings = Settings {
-        issuer_url: sigil_core::IssuerUrl::parse("http://127.0.0.1").expect("a valid URL"),
         token_typ: TokenTyp::AtJwt,
-        failed_auth_per_minute: std::num::NonZeroU32::new(60).context("nonzero")?,
+        ..Settings::new(sigil_core::IssuerUrl::parse("http://127.0.0.1").expect("a valid URL"))
     };
     let app = Arc::new(App::new(store, Arc::new(Metrics::new()), &settings)?);
     let shots = secrets
@@ -354,12 +353,7 @@ fn pipeline_rate(app: &App, shots: &[Shot], seconds: f64) -> anyhow::Result<f64>
     while started.elapsed().as_secs_f64() < seconds {
         for request in &requests {
             let now = sigil_issuer::http::token::unix_now();
-            let client = sigil_issuer::http::client_auth::authenticate_request(
-                app,
-                request,
-                &app.token_endpoint,
-                now,
-            )?;
+            let client = sigil_issuer::http::client_auth::authenticate_request(app, request, now)?;
             let (token, expires_in, scope) =
                 sigil_issuer::http::token::issue(app, &client, &request.form, now)?;
             std::hint::black_box(sigil_issuer::http::token::token_response_body(

@@ -123,11 +123,7 @@ fn fixture_with(settings: Settings) -> Fixture {
 }
 
 fn settings() -> Settings {
-    Settings {
-        issuer_url: sigil_core::IssuerUrl::parse(ISSUER).expect("a valid URL"),
-        token_typ: TokenTyp::AtJwt,
-        failed_auth_per_minute: NonZeroU32::new(60).expect("nonzero"),
-    }
+    Settings::new(sigil_core::IssuerUrl::parse(ISSUER).expect("a valid URL"))
 }
 
 fn fixture() -> Fixture {
@@ -637,7 +633,7 @@ async fn auth_method_not_in_spec_is_invalid_client() {
 }
 
 #[tokio::test]
-async fn no_active_signing_key_is_503_temporarily_unavailable() {
+async fn no_active_signing_key_is_503_with_a_section_5_2_code_and_retry_after() {
     let f = fixture();
     let reply = token(
         &f,
@@ -645,65 +641,110 @@ async fn no_active_signing_key_is_503_temporarily_unavailable() {
         Some(&basic("orphan.tasks", "orphan-secret")),
     )
     .await;
+    // RFC 6749 §5.2 has no "try later" code; temporarily_unavailable is
+    // an authorization-endpoint code.
     assert_oauth_error(
         &reply,
         StatusCode::SERVICE_UNAVAILABLE,
-        "temporarily_unavailable",
+        "unauthorized_client",
+    );
+    assert!(reply.headers.contains_key(header::RETRY_AFTER));
+    assert!(
+        reply.body["error_description"]
+            .as_str()
+            .expect("text")
+            .contains("retry")
     );
 }
 
+async fn token_from(f: &Fixture, authorization: &str, ip: [u8; 4]) -> Reply {
+    send(
+        crate::http::api_router(f.app.clone()),
+        form_request(
+            "/oauth2/token",
+            "grant_type=client_credentials",
+            Some(authorization),
+            ip,
+        ),
+    )
+    .await
+}
+
 #[tokio::test]
-async fn repeated_failures_get_429_with_retry_after_even_with_the_right_secret() {
+async fn a_source_over_budget_gets_429_for_bad_credentials_but_200_for_good_ones() {
     let f = fixture_with(Settings {
         failed_auth_per_minute: NonZeroU32::new(30).expect("nonzero"),
         ..settings()
     });
-    let router = crate::http::api_router(f.app.clone());
+    let source = [10, 9, 9, 9];
     for attempt in 0..30 {
-        let reply = send(
-            router.clone(),
-            form_request(
-                "/oauth2/token",
-                "grant_type=client_credentials",
-                Some(&basic(TASK_ID, "wrong")),
-                [10, 9, 9, 9],
-            ),
-        )
-        .await;
+        let reply = token_from(&f, &basic(TASK_ID, "wrong"), source).await;
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "attempt {attempt}");
     }
-    let limited = send(
-        router.clone(),
-        form_request(
-            "/oauth2/token",
-            "grant_type=client_credentials",
-            Some(&basic(TASK_ID, "wrong")),
-            [10, 9, 9, 9],
-        ),
-    )
-    .await;
+    let limited = token_from(&f, &basic(TASK_ID, "wrong"), source).await;
     assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    // An RFC 6749 §5.2 code, and the description says why and when.
+    assert_eq!(limited.body["error"], "invalid_client");
+    let description = limited.body["error_description"].as_str().expect("text");
+    assert!(description.contains("too many failed"), "{description}");
     let retry: u64 = limited.headers[header::RETRY_AFTER]
         .to_str()
         .expect("ascii")
         .parse()
         .expect("seconds");
     assert!(retry >= 1);
-    let right = send(
-        router,
-        form_request(
-            "/oauth2/token",
-            "grant_type=client_credentials",
-            Some(&basic(TASK_ID, TASK_SECRET)),
-            [10, 9, 9, 9],
-        ),
-    )
-    .await;
-    assert_eq!(
-        right.status,
-        StatusCode::TOO_MANY_REQUESTS,
-        "blocked before checking credentials"
-    );
+    assert!(description.contains(&format!("retry after {retry} s")));
+    // Correct credentials from the same source are never refused.
+    let right = token_from(&f, &basic(TASK_ID, TASK_SECRET), source).await;
+    assert_eq!(right.status, StatusCode::OK);
+    let other_client = token_from(&f, &basic("edwards.tasks", "edwards-secret"), source).await;
+    assert_eq!(other_client.status, StatusCode::OK);
+    // Unknown clients count as failures too.
+    let unknown = token_from(&f, &basic("nobody", "x"), source).await;
+    assert_eq!(unknown.status, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn failures_for_a_client_id_never_lock_out_the_real_client() {
+    let f = fixture_with(Settings {
+        failed_auth_per_minute: NonZeroU32::new(5).expect("nonzero"),
+        ..settings()
+    });
+    // 100 wrong secrets for the victim's id from 100 addresses…
+    for i in 0..100u8 {
+        let reply = token_from(&f, &basic(TASK_ID, "guess"), [172, 16, 0, i]).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    }
+    // … and 100 from its own address (a NAT shared with a misconfigured
+    // client).
+    let own = [10, 1, 1, 1];
+    for _ in 0..100 {
+        let reply = token_from(&f, &basic(TASK_ID, "stale"), own).await;
+        assert!(matches!(
+            reply.status,
+            StatusCode::UNAUTHORIZED | StatusCode::TOO_MANY_REQUESTS
+        ));
+    }
+    for ip in [own, [10, 2, 2, 2], [172, 16, 0, 7]] {
+        let reply = token_from(&f, &basic(TASK_ID, TASK_SECRET), ip).await;
+        assert_eq!(reply.status, StatusCode::OK, "from {ip:?}");
+    }
+    // The same for private_key_jwt: failures naming its sub do not block it.
+    for i in 0..20u8 {
+        let forged = format!("{}.e30.c2ln", URL_SAFE_NO_PAD.encode(r#"{"alg":"ES256"}"#));
+        let _ = send(
+            crate::http::api_router(f.app.clone()),
+            form_request(
+                "/oauth2/token",
+                &format!("grant_type=client_credentials&client_id=jwt-client.tasks&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={forged}"),
+                None,
+                [10, 0, 0, 1 + i % 2],
+            ),
+        )
+        .await;
+    }
+    let reply = assertion_token(&f, &assertion(&f, assertion_claims(ISSUER))).await;
+    assert_eq!(reply.status, StatusCode::OK);
 }
 
 // ------------------------------------------------------------ private_key_jwt
@@ -739,11 +780,7 @@ async fn assertion_token(f: &Fixture, assertion: &str) -> Reply {
 #[tokio::test]
 async fn private_key_jwt_grants_a_token() {
     let f = fixture();
-    let reply = assertion_token(
-        &f,
-        &assertion(&f, assertion_claims(&format!("{ISSUER}/oauth2/token"))),
-    )
-    .await;
+    let reply = assertion_token(&f, &assertion(&f, assertion_claims(ISSUER))).await;
     assert_eq!(
         reply.status,
         StatusCode::OK,
@@ -752,29 +789,71 @@ async fn private_key_jwt_grants_a_token() {
     );
     let (_, claims) = jwt_parts(reply.body["access_token"].as_str().expect("token"));
     assert_eq!(claims["sub"], "jwt-client.tasks");
-    // The issuer identifier is an accepted audience too (RFC 7523 §3).
-    let reply = assertion_token(&f, &assertion(&f, assertion_claims(ISSUER))).await;
+    // An array holding only the issuer identifier is the same audience.
+    let mut claims = assertion_claims(ISSUER);
+    claims["aud"] = serde_json::json!([ISSUER]);
+    let reply = assertion_token(&f, &assertion(&f, claims)).await;
     assert_eq!(reply.status, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn private_key_jwt_replay_is_refused() {
     let f = fixture();
-    let once = assertion(&f, assertion_claims(&format!("{ISSUER}/oauth2/token")));
+    let once = assertion(&f, assertion_claims(ISSUER));
     assert_eq!(assertion_token(&f, &once).await.status, StatusCode::OK);
     let replayed = assertion_token(&f, &once).await;
     assert_oauth_error(&replayed, StatusCode::UNAUTHORIZED, "invalid_client");
 }
 
 #[tokio::test]
-async fn private_key_jwt_checks_aud_iss_sub_exp_and_jti() {
+async fn private_key_jwt_checks_aud_iss_sub_exp_nbf_iat_and_jti() {
     let f = fixture();
-    let endpoint = format!("{ISSUER}/oauth2/token");
+    let endpoint = ISSUER.to_owned();
+    let now = crate::http::token::unix_now();
     let cases: Vec<(&str, serde_json::Value)> = vec![
         (
             "wrong aud",
             assertion_claims("https://elsewhere.example/token"),
         ),
+        // draft-ietf-oauth-rfc7523bis: the issuer identifier alone.
+        (
+            "aud is the token endpoint",
+            assertion_claims(&format!("{ISSUER}/oauth2/token")),
+        ),
+        (
+            "aud is the introspection endpoint",
+            assertion_claims(&format!("{ISSUER}/oauth2/introspect")),
+        ),
+        ("aud array with the issuer and more", {
+            let mut c = assertion_claims(&endpoint);
+            c["aud"] = serde_json::json!([ISSUER, "https://other.example"]);
+            c
+        }),
+        ("aud array with the token endpoint", {
+            let mut c = assertion_claims(&endpoint);
+            c["aud"] = serde_json::json!([format!("{ISSUER}/oauth2/token")]);
+            c
+        }),
+        ("empty aud array", {
+            let mut c = assertion_claims(&endpoint);
+            c["aud"] = serde_json::json!([]);
+            c
+        }),
+        ("nbf beyond the leeway", {
+            let mut c = assertion_claims(&endpoint);
+            c["nbf"] = (now + 120).into();
+            c
+        }),
+        ("iat beyond the leeway", {
+            let mut c = assertion_claims(&endpoint);
+            c["iat"] = (now + 120).into();
+            c
+        }),
+        ("jti over 256 bytes", {
+            let mut c = assertion_claims(&endpoint);
+            c["jti"] = "j".repeat(257).into();
+            c
+        }),
         ("iss differs from sub", {
             let mut c = assertion_claims(&endpoint);
             c["iss"] = "someone.else".into();
@@ -801,6 +880,13 @@ async fn private_key_jwt_checks_aud_iss_sub_exp_and_jti() {
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{case}");
         assert_eq!(reply.body["error"], "invalid_client", "{case}");
     }
+    // Within the leeway, nbf and iat are fine; a 256-byte jti too.
+    let mut c = assertion_claims(&endpoint);
+    c["nbf"] = (now + 30).into();
+    c["iat"] = (now + 30).into();
+    c["jti"] = "j".repeat(256).into();
+    let reply = assertion_token(&f, &assertion(&f, c)).await;
+    assert_eq!(reply.status, StatusCode::OK);
     // A signature by another key.
     let other = ParsedKey::from_pkcs8_der(
         SigningAlgorithm::ES256,
@@ -831,6 +917,142 @@ async fn secret_client_cannot_use_private_key_jwt_and_vice_versa() {
         StatusCode::UNAUTHORIZED,
         "invalid_client",
     );
+}
+
+fn assertion_with_header(
+    f: &Fixture,
+    header: serde_json::Value,
+    claims: serde_json::Value,
+) -> String {
+    let header = URL_SAFE_NO_PAD.encode(header.to_string());
+    let input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
+    let signature = f.assertion_key.sign(input.as_bytes()).expect("sign");
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature))
+}
+
+#[tokio::test]
+async fn private_key_jwt_refuses_any_crit_header() {
+    let f = fixture();
+    for crit in [
+        serde_json::json!(["exp"]),
+        serde_json::json!(["b64"]),
+        serde_json::json!([]),
+    ] {
+        let jwt = assertion_with_header(
+            &f,
+            serde_json::json!({"alg": "ES256", "kid": f.assertion_kid, "crit": crit, "exp": 1}),
+            assertion_claims(ISSUER),
+        );
+        let reply = assertion_token(&f, &jwt).await;
+        assert_oauth_error(&reply, StatusCode::UNAUTHORIZED, "invalid_client");
+    }
+    let jwt = assertion_with_header(
+        &f,
+        serde_json::json!({"alg": "ES256", "kid": f.assertion_kid}),
+        assertion_claims(ISSUER),
+    );
+    assert_eq!(assertion_token(&f, &jwt).await.status, StatusCode::OK);
+}
+
+#[test]
+fn unknown_private_key_jwt_clients_cost_a_signature_check_like_known_ones() {
+    use crate::http::client_auth::{Credentials, SIGNATURE_CHECKS, authenticate};
+    let f = fixture();
+    let now = crate::http::token::unix_now();
+    let checks = |assertion: String| {
+        let before = SIGNATURE_CHECKS.with(|c| c.get());
+        let result = authenticate(
+            &f.store,
+            &Credentials::Assertion {
+                assertion,
+                client_id: None,
+            },
+            ISSUER,
+            &f.app.replay,
+            now,
+        );
+        assert!(result.is_err());
+        SIGNATURE_CHECKS.with(|c| c.get()) - before
+    };
+    let other = ParsedKey::from_pkcs8_der(
+        SigningAlgorithm::ES256,
+        &generate_pkcs8_der(SigningAlgorithm::ES256, 0).expect("key"),
+    )
+    .expect("parse");
+    let forger = Fixture {
+        assertion_key: other,
+        assertion_kid: f.assertion_kid.clone(),
+        store: f.store.clone(),
+        app: f.app.clone(),
+    };
+    // A known client, signature by another key.
+    assert_eq!(checks(assertion(&forger, assertion_claims(ISSUER))), 1);
+    // An unknown client: the same one check, against a dummy key.
+    let mut unknown = assertion_claims(ISSUER);
+    unknown["iss"] = "nobody.tasks".into();
+    unknown["sub"] = "nobody.tasks".into();
+    assert_eq!(checks(assertion(&forger, unknown)), 1);
+    // A known client, a kid it does not have.
+    let wrong_kid = assertion_with_header(
+        &f,
+        serde_json::json!({"alg": "ES256", "kid": "no-such-kid"}),
+        assertion_claims(ISSUER),
+    );
+    assert_eq!(checks(wrong_kid), 1);
+    // A secret-only client named in an assertion.
+    let mut secret_client = assertion_claims(ISSUER);
+    secret_client["iss"] = TASK_ID.into();
+    secret_client["sub"] = TASK_ID.into();
+    assert_eq!(checks(assertion(&forger, secret_client)), 1);
+    // Every accepted alg has a dummy key (RSA, PSS, EdDSA, P-384 too).
+    for (alg, name) in crate::http::client_auth::ASSERTION_ALGORITHMS {
+        let header = URL_SAFE_NO_PAD.encode(serde_json::json!({"alg": name}).to_string());
+        let body = URL_SAFE_NO_PAD.encode(r#"{"sub":"nobody"}"#);
+        assert_eq!(checks(format!("{header}.{body}.c2ln")), 1, "{alg:?}");
+    }
+}
+
+#[tokio::test]
+async fn replay_cache_capacity_is_a_metric_and_a_client_cannot_exhaust_it() {
+    let f = fixture_with(Settings {
+        replay: crate::http::client_auth::ReplayLimits {
+            total: 10,
+            per_client: 2,
+        },
+        ..settings()
+    });
+    for _ in 0..2 {
+        let reply = assertion_token(&f, &assertion(&f, assertion_claims(ISSUER))).await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    let refused = assertion_token(&f, &assertion(&f, assertion_claims(ISSUER))).await;
+    assert_oauth_error(&refused, StatusCode::UNAUTHORIZED, "invalid_client");
+    assert!(
+        refused.body["error_description"]
+            .as_str()
+            .expect("text")
+            .contains("too many unexpired client assertions")
+    );
+    let text = metrics_text(&f).await;
+    assert!(
+        text.contains("sigil_issuer_remembered_assertions 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sigil_issuer_assertions_refused_for_capacity_total 1"),
+        "{text}"
+    );
+}
+
+async fn metrics_text(f: &Fixture) -> String {
+    let reply = send(
+        crate::http::health_router(f.app.clone()),
+        Request::get("/metrics")
+            .body(Body::empty())
+            .expect("request"),
+    )
+    .await;
+    String::from_utf8(reply.raw).expect("utf8")
 }
 
 #[tokio::test]
@@ -978,7 +1200,31 @@ async fn both_discovery_documents_derive_from_the_issuer_url() {
                 "private_key_jwt"
             ])
         );
-        assert!(doc["token_endpoint_auth_signing_alg_values_supported"].is_array());
+        // One list for what is accepted and what is advertised.
+        let listed: Vec<&str> = doc["token_endpoint_auth_signing_alg_values_supported"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|v| v.as_str().expect("string"))
+            .collect();
+        assert_eq!(
+            doc["introspection_endpoint_auth_signing_alg_values_supported"],
+            doc["token_endpoint_auth_signing_alg_values_supported"]
+        );
+        for name in [
+            "HS256", "HS384", "HS512", "ES256", "ES384", "RS256", "RS384", "RS512", "PS256",
+            "PS384", "PS512", "EdDSA",
+        ] {
+            let alg: jsonwebtoken::Algorithm = name.parse().expect("known");
+            assert_eq!(
+                listed.contains(&name),
+                crate::http::client_auth::accepts_assertion_algorithm(alg),
+                "{name}"
+            );
+        }
+        assert!(listed.contains(&"PS384") && listed.contains(&"PS512"));
+        // RFC 8414 §2 REQUIRED; authlib refuses an empty list.
+        assert_eq!(doc["response_types_supported"], serde_json::json!(["none"]));
     }
 }
 
@@ -1042,6 +1288,25 @@ async fn introspect(f: &Fixture, token: &str) -> Reply {
         ),
     )
     .await
+}
+
+#[tokio::test]
+async fn a_disabled_client_cannot_introspect() {
+    let f = fixture();
+    let minted = task_token(&f, "").await;
+    let access_token = minted.body["access_token"].as_str().expect("token");
+    let reply = send(
+        crate::http::api_router(f.app.clone()),
+        form_request(
+            "/oauth2/introspect",
+            &format!("token={access_token}"),
+            Some(&basic("disabled.tasks", "disabled-secret")),
+            [10, 0, 0, 2],
+        ),
+    )
+    .await;
+    assert_oauth_error(&reply, StatusCode::BAD_REQUEST, "unauthorized_client");
+    assert!(reply.body.get("active").is_none());
 }
 
 #[tokio::test]
@@ -1270,6 +1535,85 @@ async fn readyz_needs_synced_caches_and_an_active_key() {
 }
 
 #[tokio::test]
+async fn clients_over_the_size_limits_are_not_loaded_and_are_counted() {
+    let f = fixture();
+    let big_claims = oauth_client(
+        "big-claims",
+        serde_json::json!({
+            "scopes": ["a"], "audiences": ["x"],
+            "additionalClaims": {"blob": "x".repeat(9 * 1024)},
+        }),
+    );
+    let mut key = f.assertion_key.public_jwk(&f.assertion_kid);
+    key.as_object_mut().expect("object").remove("use");
+    let many_keys = oauth_client(
+        "many-keys",
+        serde_json::json!({
+            "scopes": ["a"], "audiences": ["x"], "authMethods": ["private_key_jwt"],
+            "jwks": {"keys": vec![key.clone(); 11]},
+        }),
+    );
+    let mut padded = key.clone();
+    padded["x-padding"] = "p".repeat(70 * 1024).into();
+    let big_jwks = oauth_client(
+        "big-jwks",
+        serde_json::json!({
+            "scopes": ["a"], "audiences": ["x"], "authMethods": ["private_key_jwt"],
+            "jwks": {"keys": [padded]},
+        }),
+    );
+    let secrets = secrets(&[("big-claims.tasks", "big-claims-secret")]);
+    standalone::load_clients(
+        &f.store,
+        &[big_claims.clone(), many_keys, big_jwks],
+        &secrets,
+    );
+    for id in ["big-claims.tasks", "many-keys.tasks", "big-jwks.tasks"] {
+        assert!(f.store.client(id).is_none(), "{id} must not be loaded");
+    }
+    let reply = token(
+        &f,
+        "grant_type=client_credentials",
+        Some(&basic("big-claims.tasks", "big-claims-secret")),
+    )
+    .await;
+    assert_oauth_error(&reply, StatusCode::UNAUTHORIZED, "invalid_client");
+    let text = metrics_text(&f).await;
+    assert!(
+        text.contains("sigil_issuer_clients_over_limits 3"),
+        "{text}"
+    );
+    // Shrunk below the limit, it loads, and the count drops.
+    let small = oauth_client(
+        "big-claims",
+        serde_json::json!({"scopes": ["a"], "audiences": ["x"], "additionalClaims": {"blob": "small"}}),
+    );
+    f.store
+        .upsert_client(&standalone::with_verifier(&small, &secrets));
+    assert!(f.store.client("big-claims.tasks").is_some());
+    assert_eq!(f.store.clients_over_limits(), 2);
+    // Within the limits an unknown JWK member is fine (and not kept).
+    let mut extra = key.clone();
+    extra["x-note"] = "n".repeat(1024).into();
+    let ok = oauth_client(
+        "extra-member",
+        serde_json::json!({
+            "scopes": ["a"], "audiences": ["x"], "authMethods": ["private_key_jwt"],
+            "jwks": {"keys": [extra]},
+        }),
+    );
+    f.store.upsert_client(&ok);
+    assert_eq!(
+        f.store
+            .client("extra-member.tasks")
+            .expect("loaded")
+            .jwks
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
 async fn metrics_count_token_results_latency_clients_and_keys() {
     let f = fixture();
     task_token(&f, "").await;
@@ -1297,6 +1641,14 @@ async fn metrics_count_token_results_latency_clients_and_keys() {
     assert!(text.contains("sigil_issuer_token_request_duration_seconds_count 3"));
     assert!(text.contains("sigil_issuer_clients 6"));
     assert!(text.contains("sigil_issuer_signing_keys 4"));
+    // The wrong secret came from 10.0.0.1: one source tracked.
+    assert!(
+        text.contains("sigil_issuer_failed_auth_tracked_sources 1"),
+        "{text}"
+    );
+    assert!(text.contains("sigil_issuer_remembered_assertions 0"));
+    assert!(text.contains("sigil_issuer_assertions_refused_for_capacity_total 0"));
+    assert!(text.contains("sigil_issuer_clients_over_limits 0"));
 }
 
 // ------------------------------------------------------------ logs
@@ -1321,11 +1673,15 @@ async fn logs_never_contain_secrets_tokens_or_assertions() {
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let f = fixture();
+    // Other tests, running in parallel without this subscriber, may have
+    // registered these callsites as uninteresting while it was being set.
+    tracing::callsite::rebuild_interest_cache();
     let ok = task_token(&f, "").await;
     let access_token = ok.body["access_token"].as_str().expect("token").to_owned();
     let wrong_secret = "wrong-secret-that-must-not-be-logged";
@@ -1339,15 +1695,81 @@ async fn logs_never_contain_secrets_tokens_or_assertions() {
     let jwt = assertion(&f, assertion_claims("https://elsewhere.example"));
     assertion_token(&f, &jwt).await;
     introspect(&f, &access_token).await;
+    // A 60,000-character client id is logged as its first 64 characters.
+    let long_id = format!("{}{}", "L".repeat(64), "Z".repeat(59_936));
+    token(
+        &f,
+        &format!("grant_type=client_credentials&client_id={long_id}&client_secret={wrong_secret}"),
+        None,
+    )
+    .await;
+    // An unknown assertion client, with a long sub.
+    let mut claims = assertion_claims(ISSUER);
+    claims["sub"] = format!("{}{}", "S".repeat(64), "T".repeat(2_000)).into();
+    let unknown_jwt = assertion(&f, claims);
+    assertion_token(&f, &unknown_jwt).await;
+    // Rate-limited failures (429) are logged too.
+    for _ in 0..70 {
+        token(
+            &f,
+            "grant_type=client_credentials",
+            Some(&basic(TASK_ID, wrong_secret)),
+        )
+        .await;
+    }
+    // A client over the limits: logged by client id, never by content.
+    let claim_secret = "claim-content-that-must-not-be-logged";
+    standalone::load_clients(
+        &f.store,
+        &[oauth_client(
+            "huge",
+            serde_json::json!({"additionalClaims": {"k": claim_secret.repeat(400)}}),
+        )],
+        &secrets(&[("huge.tasks", "huge-secret")]),
+    );
+    // A replay-cache refusal.
+    let tight = fixture_with(Settings {
+        replay: crate::http::client_auth::ReplayLimits {
+            total: 2,
+            per_client: 1,
+        },
+        ..settings()
+    });
+    let first = assertion(&tight, assertion_claims(ISSUER));
+    let second = assertion(&tight, assertion_claims(ISSUER));
+    assertion_token(&tight, &first).await;
+    assertion_token(&tight, &second).await;
 
     let logs = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf8");
     assert!(
         logs.contains("client authentication failed"),
         "the failure is logged: {logs}"
     );
-    for needle in [TASK_SECRET, wrong_secret, &access_token, &jwt] {
+    for needle in [
+        TASK_SECRET,
+        wrong_secret,
+        &access_token,
+        &jwt,
+        &unknown_jwt,
+        &first,
+        &second,
+        "huge-secret",
+        claim_secret,
+    ] {
         assert!(!logs.contains(needle), "a credential leaked into the logs");
     }
+    assert!(logs.contains(&format!("{}…", "L".repeat(64))), "{logs}");
+    assert!(!logs.contains("LZ"), "a long client id was logged whole");
+    assert!(logs.contains(&format!("{}…", "S".repeat(64))), "{logs}");
+    assert!(
+        !logs.contains("ST"),
+        "a long assertion sub was logged whole"
+    );
+    assert!(logs.contains("rate_limited=true"));
+    assert!(logs.contains("huge.tasks") && logs.contains("over the issuer's limits"));
+    assert!(logs.contains("too many unexpired assertions remembered"));
+    let longest = logs.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 2_000, "a log line of {longest} bytes");
     let signature = access_token.rsplit('.').next().expect("sig");
     assert!(!logs.contains(signature));
 }

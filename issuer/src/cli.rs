@@ -10,8 +10,9 @@ use clap::{Parser, Subcommand};
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use sigil_core::IssuerUrl;
 
+use crate::http::client_auth::ReplayLimits;
 use crate::http::{self, serve};
-use crate::index::{Store, TokenTyp};
+use crate::index::{ClientLimits, Store, TokenTyp};
 use crate::inject::admission::{self, AdmissionState, ClientDirectory};
 use crate::metrics::Metrics;
 use crate::source::standalone;
@@ -111,9 +112,43 @@ pub struct ServeArgs {
     pub token_typ: TokenTyp,
 
     /// Failed client authentications allowed per minute per source address
-    /// and per client id before 429.
+    /// (all at once, then one per 60s/N); past that, the source's failed
+    /// requests get 429 with Retry-After. Correct credentials always pass.
     #[arg(long, env = "SIGIL_FAILED_AUTH_PER_MINUTE", default_value = "60")]
     pub failed_auth_per_minute: NonZeroU32,
+
+    /// Source addresses (IPv6: /64 prefixes) whose failures are counted at
+    /// most; at the limit the one closest to a full budget is forgotten.
+    #[arg(long, env = "SIGIL_MAX_TRACKED_SOURCES", default_value_t = state::DEFAULT_MAX_TRACKED_SOURCES)]
+    pub max_tracked_sources: usize,
+
+    /// Unexpired private_key_jwt assertion ids remembered against replay,
+    /// all clients together (about 150 bytes each, whatever the jti's
+    /// length; jtis over 256 bytes are refused). When full, new assertions
+    /// are refused with invalid_client until old ones expire (≤ 1 h).
+    #[arg(long, env = "SIGIL_MAX_REMEMBERED_ASSERTIONS", default_value_t = ReplayLimits::default().total)]
+    pub max_remembered_assertions: usize,
+
+    /// One client's share of the remembered assertions (at most half the
+    /// total), so one client cannot make other clients' assertions fail.
+    #[arg(long, env = "SIGIL_MAX_REMEMBERED_ASSERTIONS_PER_CLIENT", default_value_t = ReplayLimits::default().per_client)]
+    pub max_remembered_assertions_per_client: usize,
+
+    /// Largest spec.additionalClaims (as JSON, bytes) an OAuthClient may
+    /// have; a client over it is not loaded (logged, counted in
+    /// sigil_issuer_clients_over_limits).
+    #[arg(long, env = "SIGIL_MAX_ADDITIONAL_CLAIMS_BYTES", default_value_t = ClientLimits::default().additional_claims_bytes)]
+    pub max_additional_claims_bytes: usize,
+
+    /// Largest spec.jwks (as JSON, bytes) an OAuthClient may have; a client
+    /// over it is not loaded.
+    #[arg(long, env = "SIGIL_MAX_CLIENT_JWKS_BYTES", default_value_t = ClientLimits::default().jwks_bytes)]
+    pub max_client_jwks_bytes: usize,
+
+    /// Most keys in an OAuthClient's spec.jwks; a client over it is not
+    /// loaded.
+    #[arg(long, env = "SIGIL_MAX_CLIENT_JWKS_KEYS", default_value_t = ClientLimits::default().jwks_keys)]
+    pub max_client_jwks_keys: usize,
 
     /// Image of the token agent sidecar the pod webhook injects (the
     /// issuer's own image: `issuer agent`).
@@ -144,6 +179,19 @@ impl ServeArgs {
             issuer_url: self.issuer_url.clone(),
             token_typ: self.token_typ,
             failed_auth_per_minute: self.failed_auth_per_minute,
+            max_tracked_sources: self.max_tracked_sources,
+            replay: ReplayLimits {
+                total: self.max_remembered_assertions,
+                per_client: self.max_remembered_assertions_per_client,
+            },
+        }
+    }
+
+    pub fn client_limits(&self) -> ClientLimits {
+        ClientLimits {
+            additional_claims_bytes: self.max_additional_claims_bytes,
+            jwks_bytes: self.max_client_jwks_bytes,
+            jwks_keys: self.max_client_jwks_keys,
         }
     }
 
@@ -183,7 +231,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), RunError> {
     if args.tls_cert.is_none() && !args.listen.ip().is_loopback() && !args.allow_plain_http {
         return Err(RunError::PlainHttp(args.listen));
     }
-    let store = Arc::new(Store::new(&args.signing_key));
+    let store = Arc::new(Store::with_client_limits(
+        &args.signing_key,
+        args.client_limits(),
+    ));
     let metrics = Arc::new(Metrics::new());
     let app = Arc::new(App::new(store.clone(), metrics.clone(), &args.settings())?);
     // The pod webhook, in cluster mode only (it needs the OAuthClient watch).

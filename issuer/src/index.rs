@@ -3,7 +3,7 @@
 //! Cluster watchers and standalone mode both feed it; nothing here talks to
 //! the API server.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -17,6 +17,7 @@ use sigil_crds::{
     AuthMethod, KeyState, OAuthClient, SigningAlgorithm, SigningKeySpec, SigningKeyStatus,
 };
 
+use crate::logsafe::cap;
 use sigil_core::keys::{ParsedKey, PublicVerifier};
 
 /// `typ` header of issued tokens (DESIGN.md §6).
@@ -138,11 +139,89 @@ impl std::fmt::Debug for ClientEntry {
     }
 }
 
+/// Size limits on what one `OAuthClient` may make the issuer hold and put
+/// into every token (`--max-additional-claims-bytes`,
+/// `--max-client-jwks-bytes`, `--max-client-jwks-keys`). A client over any
+/// of them is not loaded for token issuance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// `spec.additionalClaims` serialized as JSON.
+    pub additional_claims_bytes: usize,
+    /// `spec.jwks.keys` serialized as JSON.
+    pub jwks_bytes: usize,
+    /// Keys in `spec.jwks`.
+    pub jwks_keys: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            additional_claims_bytes: 8 * 1024,
+            jwks_bytes: 64 * 1024,
+            jwks_keys: 10,
+        }
+    }
+}
+
+/// Why an `OAuthClient` is not loaded. The texts give sizes only, never
+/// content.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OverLimit {
+    #[error("spec.additionalClaims is {size} bytes as JSON, over the limit of {limit}")]
+    AdditionalClaims { size: usize, limit: usize },
+    #[error("spec.jwks is {size} bytes as JSON, over the limit of {limit}")]
+    JwksBytes { size: usize, limit: usize },
+    #[error("spec.jwks has {count} keys, over the limit of {limit}")]
+    JwksKeys { count: usize, limit: usize },
+}
+
+/// Checks an `OAuthClient` against the limits.
+pub fn check_client_limits(client: &OAuthClient, limits: &ClientLimits) -> Result<(), OverLimit> {
+    if let Some(claims) = &client.spec.additional_claims {
+        let size = serde_json::to_vec(claims)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
+        if size > limits.additional_claims_bytes {
+            return Err(OverLimit::AdditionalClaims {
+                size,
+                limit: limits.additional_claims_bytes,
+            });
+        }
+    }
+    if let Some(set) = &client.spec.jwks {
+        if set.keys.len() > limits.jwks_keys {
+            return Err(OverLimit::JwksKeys {
+                count: set.keys.len(),
+                limit: limits.jwks_keys,
+            });
+        }
+        let size = serde_json::to_vec(&set.keys)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
+        if size > limits.jwks_bytes {
+            return Err(OverLimit::JwksBytes {
+                size,
+                limit: limits.jwks_bytes,
+            });
+        }
+    }
+    Ok(())
+}
+
 impl ClientEntry {
     /// Builds the entry from an `OAuthClient` as the API server (or a
-    /// manifest plus the standalone secrets file) describes it. Bad client
-    /// JWKs are skipped with a warning rather than dropping the client.
-    pub fn from_oauth_client(client: &OAuthClient) -> Self {
+    /// manifest plus the standalone secrets file) describes it, refusing
+    /// one over `limits`. Bad client JWKs are skipped with a warning rather
+    /// than dropping the client.
+    pub fn from_oauth_client(
+        client: &OAuthClient,
+        limits: &ClientLimits,
+    ) -> Result<Self, OverLimit> {
+        check_client_limits(client, limits)?;
+        Ok(Self::from_checked_oauth_client(client))
+    }
+
+    fn from_checked_oauth_client(client: &OAuthClient) -> Self {
         let object = ObjectKey::of(&client.metadata);
         let verifiers = client
             .status
@@ -169,6 +248,7 @@ impl ClientEntry {
                     Ok(key) => jwks.push(key),
                     Err(reason) => tracing::warn!(
                         client = %object,
+                        client_id = %cap(&client.client_id()),
                         index,
                         %reason,
                         "skipping an unusable key in spec.jwks"
@@ -204,7 +284,26 @@ impl ClientEntry {
     }
 }
 
-fn client_key(jwk: &serde_json::Map<String, serde_json::Value>) -> Result<ClientKey, String> {
+/// The JWK members Sigil reads to verify an assertion; any other member
+/// (`x5c`, private extensions, …) is dropped before parsing, so nothing a
+/// client adds to its JWKs is kept in memory.
+const NEEDED_JWK_MEMBERS: [&str; 10] = [
+    "kty", "kid", "alg", "use", "key_ops", "crv", "x", "y", "n", "e",
+];
+
+fn needed_jwk_members(
+    jwk: &serde_json::Map<String, serde_json::Value>,
+) -> serde_json::Map<String, serde_json::Value> {
+    jwk.iter()
+        .filter(|(name, _)| NEEDED_JWK_MEMBERS.contains(&name.as_str()))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect()
+}
+
+pub(crate) fn client_key(
+    jwk: &serde_json::Map<String, serde_json::Value>,
+) -> Result<ClientKey, String> {
+    let jwk = needed_jwk_members(jwk);
     let parsed: jsonwebtoken::jwk::Jwk =
         serde_json::from_value(serde_json::Value::Object(jwk.clone()))
             .map_err(|e| e.to_string())?;
@@ -233,6 +332,7 @@ fn additional_claims_fragment(
         .partition(|(name, _)| sigil_crds::RESERVED_CLAIMS.contains(&name.as_str()));
     if !reserved.is_empty() {
         let names: Vec<&str> = reserved.iter().map(|(n, _)| n.as_str()).collect();
+        let names: Vec<String> = names.iter().map(|n| cap(n).to_string()).collect();
         tracing::warn!(client = %object, claims = ?names, "ignoring reserved claims in spec.additionalClaims");
     }
     let allowed: serde_json::Map<String, serde_json::Value> = allowed
@@ -420,10 +520,13 @@ struct ClientIndex {
     /// Every object claiming a client id, oldest first; the first one owns it.
     by_id: HashMap<String, Vec<Arc<ClientEntry>>>,
     by_object: HashMap<ObjectKey, String>,
+    /// Objects not loaded because they exceed the client limits.
+    over_limits: HashSet<ObjectKey>,
 }
 
 impl ClientIndex {
     fn remove_object(&mut self, object: &ObjectKey) {
+        self.over_limits.remove(object);
         if let Some(client_id) = self.by_object.remove(object)
             && let Some(claims) = self.by_id.get_mut(&client_id)
         {
@@ -434,7 +537,26 @@ impl ClientIndex {
         }
     }
 
+    /// Loads a client, or drops it (and any older version of it) when it
+    /// exceeds the limits.
+    fn load(&mut self, client: &OAuthClient, limits: &ClientLimits) {
+        match ClientEntry::from_oauth_client(client, limits) {
+            Ok(entry) => self.insert(Arc::new(entry)),
+            Err(reason) => {
+                let object = ObjectKey::of(&client.metadata);
+                tracing::warn!(
+                    client_id = %cap(&client.client_id()),
+                    %reason,
+                    "OAuthClient not loaded for token issuance: over the issuer's limits"
+                );
+                self.remove_object(&object);
+                self.over_limits.insert(object);
+            }
+        }
+    }
+
     fn insert(&mut self, entry: Arc<ClientEntry>) {
+        self.over_limits.remove(&entry.object);
         self.remove_object(&entry.object);
         self.by_object
             .insert(entry.object.clone(), entry.client_id.clone());
@@ -466,12 +588,18 @@ pub struct Store {
     ring_inputs: std::sync::Mutex<(HashMap<String, RingInputs>, KeySecrets)>,
     default_signing_key: String,
     synced: AtomicBool,
+    client_limits: ClientLimits,
 }
 
 impl Store {
     pub fn new(default_signing_key: &str) -> Self {
+        Self::with_client_limits(default_signing_key, ClientLimits::default())
+    }
+
+    pub fn with_client_limits(default_signing_key: &str, client_limits: ClientLimits) -> Self {
         let rings = HashMap::new();
         Store {
+            client_limits,
             clients: RwLock::new(ClientIndex::default()),
             jwks: ArcSwap::from_pointee(JwksDocument::build(&rings)),
             rings: ArcSwap::from_pointee(rings),
@@ -508,6 +636,15 @@ impl Store {
             .len()
     }
 
+    /// OAuthClient objects not loaded because they exceed the limits.
+    pub fn clients_over_limits(&self) -> usize {
+        self.clients
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .over_limits
+            .len()
+    }
+
     pub fn upsert_client(&self, client: &OAuthClient) {
         let object = ObjectKey::of(&client.metadata);
         let mut index = self
@@ -518,7 +655,7 @@ impl Store {
             index.remove_object(&object);
             return;
         }
-        index.insert(Arc::new(ClientEntry::from_oauth_client(client)));
+        index.load(client, &self.client_limits);
     }
 
     pub fn insert_client_entry(&self, entry: ClientEntry) {
@@ -542,7 +679,7 @@ impl Store {
         let mut fresh = ClientIndex::default();
         for client in clients {
             if !client.is_marked_duplicate() {
-                fresh.insert(Arc::new(ClientEntry::from_oauth_client(client)));
+                fresh.load(client, &self.client_limits);
             }
         }
         *self
@@ -815,18 +952,22 @@ mod tests {
             serde_json::json!({"additionalClaims": {"stt": 1, "tenant": "x"}}),
             "2026-01-01T00:00:00Z",
         );
-        let entry = ClientEntry::from_oauth_client(&client);
+        let entry = ClientEntry::from_oauth_client(&client, &ClientLimits::default()).unwrap();
         assert_eq!(entry.additional_claims_json, r#""stt":1,"tenant":"x""#);
     }
 
     #[test]
     fn reserved_additional_claims_never_reach_a_token() {
         // What the API server lets through (`null`) or a path around it.
-        let entry = ClientEntry::from_oauth_client(&oauth_client(
-            "a",
-            serde_json::json!({"additionalClaims": {"iss": "https://attacker.example", "sub": "admin", "exp": null, "tenant": "x"}}),
-            "2026-01-01T00:00:00Z",
-        ));
+        let entry = ClientEntry::from_oauth_client(
+            &oauth_client(
+                "a",
+                serde_json::json!({"additionalClaims": {"iss": "https://attacker.example", "sub": "admin", "exp": null, "tenant": "x"}}),
+                "2026-01-01T00:00:00Z",
+            ),
+            &ClientLimits::default(),
+        )
+        .unwrap();
         assert_eq!(entry.additional_claims_json, r#""tenant":"x""#);
     }
 

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod http;
 pub mod index;
 pub mod inject;
+pub mod logsafe;
 pub mod metrics;
 pub mod source;
 pub mod state;

@@ -33,6 +33,16 @@ pub struct Metrics {
     pub undecodable_objects: Family<ResourceLabel, Counter>,
     /// Admission reviews of the pod webhook, by outcome.
     pub admission_reviews: Family<ResultLabel, Counter>,
+    /// OAuthClients not loaded because their additionalClaims or jwks
+    /// exceed the issuer's limits.
+    pub clients_over_limits: Gauge,
+    /// Unexpired assertion `jti`s remembered against replay.
+    pub remembered_assertions: Gauge,
+    /// Assertions refused because the replay cache (a client's share or
+    /// the total) was full.
+    pub assertions_refused_for_capacity: Counter,
+    /// Source addresses whose failed authentications are being counted.
+    pub failed_auth_tracked_sources: Gauge,
 }
 
 impl Default for Metrics {
@@ -101,8 +111,36 @@ impl Metrics {
             "Pod admission reviews by result (patched, unchanged, refused, not_synced, ignored, invalid)",
             admission_reviews.clone(),
         );
+        let clients_over_limits = Gauge::default();
+        registry.register(
+            "clients_over_limits",
+            "OAuthClients not loaded for token issuance because additionalClaims or jwks exceed the issuer's limits",
+            clients_over_limits.clone(),
+        );
+        let remembered_assertions = Gauge::default();
+        registry.register(
+            "remembered_assertions",
+            "Unexpired client assertion jtis remembered against replay",
+            remembered_assertions.clone(),
+        );
+        let assertions_refused_for_capacity = Counter::default();
+        registry.register(
+            "assertions_refused_for_capacity",
+            "Client assertions refused because the replay cache (the client's share or the total) was full",
+            assertions_refused_for_capacity.clone(),
+        );
+        let failed_auth_tracked_sources = Gauge::default();
+        registry.register(
+            "failed_auth_tracked_sources",
+            "Source addresses whose failed client authentications are being counted",
+            failed_auth_tracked_sources.clone(),
+        );
         Metrics {
             registry,
+            clients_over_limits,
+            remembered_assertions,
+            assertions_refused_for_capacity,
+            failed_auth_tracked_sources,
             token_requests,
             token_latency,
             introspection_requests,

@@ -9,10 +9,11 @@ use bytes::Bytes;
 
 use sigil_core::IssuerUrl;
 
-use crate::http::client_auth::ReplayCache;
+use crate::http::client_auth::{ReplayCache, ReplayLimits, warm_up_dummy_keys};
 use crate::http::discovery;
 use crate::http::ratelimit::FailedAuthLimiter;
 use crate::http::serve::ServeError;
+use crate::http::token::unix_now;
 use crate::index::{Store, TokenTyp};
 use crate::metrics::Metrics;
 
@@ -21,9 +22,29 @@ use crate::metrics::Metrics;
 pub struct Settings {
     pub issuer_url: IssuerUrl,
     pub token_typ: TokenTyp,
-    /// Failed client authentications allowed per minute, per source
-    /// address and per client id.
+    /// Failed client authentications allowed per minute per source
+    /// address before its failures get 429.
     pub failed_auth_per_minute: NonZeroU32,
+    /// Source addresses the failure budget tracks at most.
+    pub max_tracked_sources: usize,
+    /// Bounds of the assertion replay cache.
+    pub replay: ReplayLimits,
+}
+
+/// Default of `--max-tracked-sources`.
+pub const DEFAULT_MAX_TRACKED_SOURCES: usize = 100_000;
+
+impl Settings {
+    /// The defaults of every flag, for `issuer_url`.
+    pub fn new(issuer_url: IssuerUrl) -> Self {
+        Settings {
+            issuer_url,
+            token_typ: TokenTyp::AtJwt,
+            failed_auth_per_minute: NonZeroU32::new(60).unwrap_or(NonZeroU32::MIN),
+            max_tracked_sources: DEFAULT_MAX_TRACKED_SOURCES,
+            replay: ReplayLimits::default(),
+        }
+    }
 }
 
 pub struct App {
@@ -48,6 +69,7 @@ impl App {
         settings: &Settings,
     ) -> Result<Self, ServeError> {
         let url = &settings.issuer_url;
+        warm_up_dummy_keys();
         Ok(App {
             store,
             token_endpoint: url.token_endpoint(),
@@ -56,8 +78,14 @@ impl App {
             issuer: url.to_string(),
             base_path: url.path().to_owned(),
             token_typ: settings.token_typ,
-            limiter: FailedAuthLimiter::new(settings.failed_auth_per_minute),
-            replay: ReplayCache::default(),
+            limiter: FailedAuthLimiter::new(
+                settings.failed_auth_per_minute,
+                settings.max_tracked_sources,
+            ),
+            replay: ReplayCache::new(
+                settings.replay,
+                metrics.assertions_refused_for_capacity.clone(),
+            ),
             metrics,
         })
     }
@@ -68,16 +96,26 @@ impl App {
         self.metrics
             .published_keys
             .set(self.store.published_key_count() as i64);
+        self.metrics
+            .clients_over_limits
+            .set(self.store.clients_over_limits() as i64);
+        self.metrics
+            .remembered_assertions
+            .set(self.replay.len() as i64);
+        self.metrics
+            .failed_auth_tracked_sources
+            .set(self.limiter.tracked_sources() as i64);
     }
 }
 
-/// Periodic cleanup of rate-limit state.
+/// Periodic cleanup of rate-limit and replay state.
 pub fn spawn_housekeeping(app: Arc<App>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(30));
         loop {
             tick.tick().await;
             app.limiter.housekeeping();
+            app.replay.sweep(unix_now());
         }
     });
 }

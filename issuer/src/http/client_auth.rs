@@ -4,12 +4,13 @@
 //! remembered, failures rate-limited. Unknown clients, wrong secrets and bad
 //! assertions all give the same answer.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use axum::http::HeaderValue;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
 use sha2::Digest;
 use sigil_crds::AuthMethod;
@@ -17,7 +18,8 @@ use subtle::{Choice, ConstantTimeEq};
 
 use super::form::{FormRequest, TokenForm};
 use crate::http::error::{ErrorCode, OAuthError};
-use crate::index::{ClientEntry, Store};
+use crate::index::{ClientEntry, ClientKey, Store};
+use crate::logsafe::cap;
 use crate::state::App;
 
 /// RFC 7523 §2.2 `client_assertion_type`.
@@ -182,6 +184,8 @@ pub fn verify_secret(client: Option<&ClientEntry>, secret: &str, now: i64) -> bo
 struct AssertionClaims {
     sub: Option<String>,
     exp: Option<i64>,
+    iat: Option<i64>,
+    aud: Option<serde_json::Value>,
     jti: Option<String>,
 }
 
@@ -195,81 +199,307 @@ fn unverified_assertion_subject(assertion: &str) -> Option<String> {
     subject.sub.or(subject.iss)
 }
 
-/// Remembers assertion `jti`s until they expire (RFC 7523 §3 item 7).
-#[derive(Default)]
-pub struct ReplayCache {
-    seen: Mutex<HashMap<(String, String), i64>>,
+// ------------------------------------------------------------ replay cache
+
+/// Longest `jti` accepted in a client assertion, in bytes. Longer ones are
+/// refused with `invalid_client` (a 128-bit random id is 22–36 characters).
+pub const MAX_JTI_BYTES: usize = 256;
+
+/// Bounds of the replay cache (`--max-remembered-assertions`,
+/// `--max-remembered-assertions-per-client`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplayLimits {
+    /// All clients together.
+    pub total: usize,
+    /// One client's share; at most half the total, so one client filling
+    /// its share never makes another client's assertions fail.
+    pub per_client: usize,
 }
 
-/// More remembered assertions than this means abuse; refuse new ones.
-const MAX_REMEMBERED_ASSERTIONS: usize = 200_000;
-
-impl ReplayCache {
-    /// Records `(client, jti)` until `expires_at`; false if it was seen.
-    pub fn first_use(&self, client_id: &str, jti: &str, expires_at: i64, now: i64) -> bool {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() >= MAX_REMEMBERED_ASSERTIONS / 2 {
-            seen.retain(|_, exp| *exp + ASSERTION_LEEWAY_SECS as i64 >= now);
-            if seen.len() >= MAX_REMEMBERED_ASSERTIONS {
-                return false;
-            }
+impl Default for ReplayLimits {
+    fn default() -> Self {
+        ReplayLimits {
+            total: 200_000,
+            per_client: 10_000,
         }
-        let key = (client_id.to_owned(), jti.to_owned());
-        match seen.get(&key) {
-            Some(exp) if *exp + ASSERTION_LEEWAY_SECS as i64 >= now => false,
-            _ => {
-                seen.insert(key, expires_at);
-                true
+    }
+}
+
+/// Why an assertion cannot be remembered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplayVerdict {
+    /// Not seen before; now remembered until it expires.
+    Fresh,
+    /// Seen before and not yet expired.
+    Replayed,
+    /// This client already has its share of unexpired assertions remembered.
+    ClientFull,
+    /// The whole cache is full.
+    Full,
+}
+
+/// Remembers assertion `jti`s until they expire (RFC 7523 §3 item 7) in
+/// bounded memory: each entry is a SHA-256 of (client id, jti), its expiry
+/// and an 8-byte client tag (about 150 bytes with the map and index
+/// overhead, whatever the jti's length); entries are kept in expiry order,
+/// so expired ones are dropped from the front on every insert without a
+/// scan; a per-client share and a total bound cap the count.
+pub struct ReplayCache {
+    inner: Mutex<ReplayEntries>,
+    limits: ReplayLimits,
+    refused_for_capacity: Counter,
+}
+
+#[derive(Default)]
+struct ReplayEntries {
+    /// Entry digest → (forget after, client tag).
+    seen: HashMap<[u8; 32], (i64, u64)>,
+    by_expiry: BTreeSet<(i64, [u8; 32])>,
+    per_client: HashMap<u64, usize>,
+}
+
+impl ReplayEntries {
+    fn expire(&mut self, now: i64) {
+        while let Some(&(forget_after, digest)) = self.by_expiry.first() {
+            if forget_after >= now {
+                break;
+            }
+            self.by_expiry.pop_first();
+            if let Some((_, tag)) = self.seen.remove(&digest)
+                && let Some(count) = self.per_client.get_mut(&tag)
+            {
+                *count -= 1;
+                if *count == 0 {
+                    self.per_client.remove(&tag);
+                }
             }
         }
     }
 }
 
-/// Where assertions must be addressed: the token endpoint URL or the issuer
-/// identifier (RFC 7523 §3 item 3).
-pub struct AssertionAudience<'a> {
-    pub token_endpoint: &'a str,
-    pub issuer: &'a str,
-    /// The endpoint the assertion is presented to (the introspection URL
-    /// is accepted there too).
-    pub this_endpoint: &'a str,
+impl Default for ReplayCache {
+    fn default() -> Self {
+        Self::new(ReplayLimits::default(), Counter::default())
+    }
 }
 
-/// RFC 7523 §3: checks a `private_key_jwt` assertion for `client`:
-/// signature by one of its keys, `iss` = `sub` = client id, `aud` names
-/// this server, unexpired, `jti` present and not seen before.
-pub fn verify_assertion(
-    client: &ClientEntry,
-    assertion: &str,
-    audience: &AssertionAudience<'_>,
-    replay: &ReplayCache,
-    now: i64,
-) -> Result<(), OAuthError> {
-    let failed = OAuthError::authentication_failed;
-    let header = jsonwebtoken::decode_header(assertion).map_err(|_| failed())?;
+impl ReplayCache {
+    /// `refused_for_capacity` counts assertions refused because a share or
+    /// the total is full.
+    pub fn new(limits: ReplayLimits, refused_for_capacity: Counter) -> Self {
+        let total = limits.total.max(2);
+        let limits = ReplayLimits {
+            total,
+            per_client: limits.per_client.clamp(1, total / 2),
+        };
+        ReplayCache {
+            inner: Mutex::new(ReplayEntries::default()),
+            limits,
+            refused_for_capacity,
+        }
+    }
+
+    pub fn limits(&self) -> ReplayLimits {
+        self.limits
+    }
+
+    fn digests(client_id: &str, jti: &str) -> ([u8; 32], u64) {
+        let client: [u8; 32] = sha2::Sha256::digest(client_id.as_bytes()).into();
+        let mut entry = sha2::Sha256::new();
+        entry.update(client);
+        entry.update(jti.as_bytes());
+        let mut tag = [0u8; 8];
+        tag.copy_from_slice(&client[..8]);
+        (entry.finalize().into(), u64::from_le_bytes(tag))
+    }
+
+    /// Records `(client, jti)` until `expires_at` plus the leeway.
+    pub fn first_use(
+        &self,
+        client_id: &str,
+        jti: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> ReplayVerdict {
+        let (digest, tag) = Self::digests(client_id, jti);
+        let forget_after = expires_at + ASSERTION_LEEWAY_SECS as i64;
+        let mut entries = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        entries.expire(now);
+        if entries.seen.contains_key(&digest) {
+            return ReplayVerdict::Replayed;
+        }
+        let verdict =
+            if entries.per_client.get(&tag).copied().unwrap_or(0) >= self.limits.per_client {
+                ReplayVerdict::ClientFull
+            } else if entries.seen.len() >= self.limits.total {
+                ReplayVerdict::Full
+            } else {
+                entries.seen.insert(digest, (forget_after, tag));
+                entries.by_expiry.insert((forget_after, digest));
+                *entries.per_client.entry(tag).or_default() += 1;
+                return ReplayVerdict::Fresh;
+            };
+        self.refused_for_capacity.inc();
+        verdict
+    }
+
+    /// Assertions remembered now (for the gauge).
+    pub fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .seen
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops expired entries (also done on every insert; this keeps the
+    /// gauge and memory honest when no assertions arrive).
+    pub fn sweep(&self, now: i64) {
+        let mut entries = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        entries.expire(now);
+        if entries.seen.capacity() > 4 * entries.seen.len().max(1024) {
+            entries.seen.shrink_to_fit();
+            entries.per_client.shrink_to_fit();
+        }
+    }
+}
+
+// ------------------------------------------------------------ assertions
+
+/// JWS algorithms accepted for `private_key_jwt` assertions, with their
+/// `alg` names; discovery lists exactly these.
+pub const ASSERTION_ALGORITHMS: [(jsonwebtoken::Algorithm, &str); 9] = {
     use jsonwebtoken::Algorithm as A;
-    if matches!(header.alg, A::HS256 | A::HS384 | A::HS512) {
+    [
+        (A::ES256, "ES256"),
+        (A::ES384, "ES384"),
+        (A::RS256, "RS256"),
+        (A::RS384, "RS384"),
+        (A::RS512, "RS512"),
+        (A::PS256, "PS256"),
+        (A::PS384, "PS384"),
+        (A::PS512, "PS512"),
+        (A::EdDSA, "EdDSA"),
+    ]
+};
+
+/// Whether assertions may use `alg`.
+pub fn accepts_assertion_algorithm(alg: jsonwebtoken::Algorithm) -> bool {
+    ASSERTION_ALGORITHMS
+        .iter()
+        .any(|(accepted, _)| *accepted == alg)
+}
+
+/// Keys of no client, one per key type, that the signature of an assertion
+/// is checked against when no key of a real client can check it (unknown
+/// client, a client without `private_key_jwt`, or no key with that kid and
+/// alg): the same work as a real check, so timing does not tell whether a
+/// client id exists.
+struct DummyKeys {
+    p256: ClientKey,
+    p384: ClientKey,
+    rsa: ClientKey,
+    ed25519: ClientKey,
+}
+
+static DUMMY_KEYS: LazyLock<Option<DummyKeys>> = LazyLock::new(|| {
+    use sigil_core::keys::{ParsedKey, generate_pkcs8_der};
+    use sigil_crds::SigningAlgorithm as S;
+    let key = |alg: S| {
+        let der = generate_pkcs8_der(alg, 2048).ok()?;
+        let parsed = ParsedKey::from_pkcs8_der(alg, &der).ok()?;
+        let serde_json::Value::Object(jwk) = parsed.public_jwk("dummy") else {
+            return None;
+        };
+        crate::index::client_key(&jwk).ok()
+    };
+    Some(DummyKeys {
+        p256: key(S::ES256)?,
+        p384: key(S::ES384)?,
+        rsa: key(S::RS256)?,
+        ed25519: key(S::EdDSA)?,
+    })
+});
+
+/// Generates the dummy keys now rather than on the first unknown client.
+pub fn warm_up_dummy_keys() {
+    if DUMMY_KEYS.is_none() {
+        tracing::error!("cannot generate the dummy assertion keys; unknown clients answer faster");
+    }
+}
+
+fn dummy_key(alg: jsonwebtoken::Algorithm) -> Option<&'static ClientKey> {
+    use jsonwebtoken::Algorithm as A;
+    let keys = DUMMY_KEYS.as_ref()?;
+    Some(match alg {
+        A::ES256 => &keys.p256,
+        A::ES384 => &keys.p384,
+        A::EdDSA => &keys.ed25519,
+        _ => &keys.rsa,
+    })
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Signature checks done on this thread (tests of the timing rule).
+    pub(crate) static SIGNATURE_CHECKS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// RFC 7523 §3 as draft-ietf-oauth-rfc7523bis tightens it: no `crit`
+/// header, an accepted alg, a signature by one of `keys` (with no usable
+/// key, a dummy key is checked instead and the result discarded), `iss` =
+/// `sub` = `client_id`, `aud` the issuer identifier alone, `exp` within an
+/// hour, `nbf` and `iat` not in the future (60 s leeway), and a `jti` of
+/// at most [`MAX_JTI_BYTES`]. Returns `(exp, jti)`.
+fn check_assertion(
+    client_id: &str,
+    keys: &[ClientKey],
+    assertion: &str,
+    issuer: &str,
+    now: i64,
+) -> Result<(i64, String), OAuthError> {
+    let failed = OAuthError::authentication_failed;
+    if has_crit_header(assertion) {
+        return Err(failed());
+    }
+    let header = jsonwebtoken::decode_header(assertion).map_err(|_| failed())?;
+    if !accepts_assertion_algorithm(header.alg) {
         return Err(failed());
     }
     let mut validation = jsonwebtoken::Validation::new(header.alg);
     validation.leeway = ASSERTION_LEEWAY_SECS;
+    validation.validate_nbf = true;
+    // `aud` is checked below: only the issuer identifier, alone.
+    validation.validate_aud = false;
     validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
-    validation.set_issuer(&[client.client_id.as_str()]);
-    validation.sub = Some(client.client_id.clone());
-    validation.set_audience(&[
-        audience.token_endpoint,
-        audience.issuer,
-        audience.this_endpoint,
-    ]);
-    let candidates = client.jwks.iter().filter(|key| {
-        header
-            .kid
-            .as_ref()
-            .is_none_or(|kid| key.kid.as_ref() == Some(kid))
-            && key.algorithm.is_none_or(|alg| alg == header.alg)
-    });
+    validation.set_issuer(&[client_id]);
+    validation.sub = Some(client_id.to_owned());
+    let mut candidates = keys
+        .iter()
+        .filter(|key| {
+            header
+                .kid
+                .as_ref()
+                .is_none_or(|kid| key.kid.as_ref() == Some(kid))
+                && key.algorithm.is_none_or(|alg| alg == header.alg)
+        })
+        .peekable();
     let mut verified = None;
+    if candidates.peek().is_none() {
+        if let Some(dummy) = dummy_key(header.alg) {
+            #[cfg(test)]
+            SIGNATURE_CHECKS.with(|c| c.set(c.get() + 1));
+            let _ = jsonwebtoken::decode::<AssertionClaims>(assertion, &dummy.key, &validation);
+        }
+        return Err(failed());
+    }
     for key in candidates {
+        #[cfg(test)]
+        SIGNATURE_CHECKS.with(|c| c.set(c.get() + 1));
         if let Ok(data) = jsonwebtoken::decode::<AssertionClaims>(assertion, &key.key, &validation)
         {
             verified = Some(data.claims);
@@ -277,8 +507,32 @@ pub fn verify_assertion(
         }
     }
     let claims = verified.ok_or_else(failed)?;
-    if claims.sub.as_deref() != Some(client.client_id.as_str()) {
+    if claims.sub.as_deref() != Some(client_id) {
         return Err(failed());
+    }
+    // draft-ietf-oauth-rfc7523bis §4: the audience is the issuer identifier
+    // as a string, or an array with that one element.
+    let audience_ok = match &claims.aud {
+        Some(serde_json::Value::String(aud)) => aud == issuer,
+        Some(serde_json::Value::Array(auds)) => {
+            matches!(auds.as_slice(), [serde_json::Value::String(aud)] if aud == issuer)
+        }
+        _ => false,
+    };
+    if !audience_ok {
+        return Err(OAuthError::new(
+            ErrorCode::InvalidClient,
+            "client assertion aud must be the issuer identifier alone",
+        ));
+    }
+    if claims
+        .iat
+        .is_some_and(|iat| iat > now + ASSERTION_LEEWAY_SECS as i64)
+    {
+        return Err(OAuthError::new(
+            ErrorCode::InvalidClient,
+            "client assertion iat is in the future",
+        ));
     }
     let exp = claims.exp.ok_or_else(failed)?;
     if exp - now > MAX_ASSERTION_LIFETIME_SECS {
@@ -291,21 +545,66 @@ pub fn verify_assertion(
         .jti
         .filter(|j| !j.is_empty())
         .ok_or_else(|| OAuthError::new(ErrorCode::InvalidClient, "client assertion has no jti"))?;
-    if !replay.first_use(&client.client_id, &jti, exp, now) {
+    if jti.len() > MAX_JTI_BYTES {
         return Err(OAuthError::new(
             ErrorCode::InvalidClient,
-            "client assertion was already used",
+            "client assertion jti is too long (at most 256 bytes)",
         ));
     }
-    Ok(())
+    Ok((exp, jti))
+}
+
+/// RFC 7515 §4.1.11: a `crit` header names extensions the recipient must
+/// understand; Sigil understands none, so any `crit` is refused.
+fn has_crit_header(assertion: &str) -> bool {
+    let Some(encoded) = assertion.split('.').next() else {
+        return true;
+    };
+    let Ok(json) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded) else {
+        return true;
+    };
+    match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&json) {
+        Ok(header) => header.contains_key("crit"),
+        Err(_) => true,
+    }
+}
+
+/// RFC 7523 §3: checks a `private_key_jwt` assertion for `client` (see
+/// [`check_assertion`]) and remembers its `jti`.
+pub fn verify_assertion(
+    client: &ClientEntry,
+    assertion: &str,
+    issuer: &str,
+    replay: &ReplayCache,
+    now: i64,
+) -> Result<(), OAuthError> {
+    let (exp, jti) = check_assertion(&client.client_id, &client.jwks, assertion, issuer, now)?;
+    match replay.first_use(&client.client_id, &jti, exp, now) {
+        ReplayVerdict::Fresh => Ok(()),
+        ReplayVerdict::Replayed => Err(OAuthError::new(
+            ErrorCode::InvalidClient,
+            "client assertion was already used",
+        )),
+        verdict @ (ReplayVerdict::ClientFull | ReplayVerdict::Full) => {
+            tracing::warn!(
+                client_id = %cap(&client.client_id),
+                full = if verdict == ReplayVerdict::Full { "all clients" } else { "this client's share" },
+                "refusing a client assertion: too many unexpired assertions remembered"
+            );
+            Err(OAuthError::new(
+                ErrorCode::InvalidClient,
+                "too many unexpired client assertions are remembered for this client; use shorter-lived assertions",
+            ))
+        }
+    }
 }
 
 /// Authenticates the caller. Unknown client ids, wrong or expired secrets
-/// and bad assertions all give the same error.
+/// and bad assertions all give the same error, after the same work.
 pub fn authenticate(
     store: &Store,
     credentials: &Credentials,
-    audience: &AssertionAudience<'_>,
+    issuer: &str,
     replay: &ReplayCache,
     now: i64,
 ) -> Result<Arc<ClientEntry>, OAuthError> {
@@ -331,67 +630,150 @@ pub fn authenticate(
             Ok(client)
         }
         Credentials::Assertion { assertion, .. } => {
-            let client_id = credentials
-                .claimed_client_id()
-                .ok_or_else(OAuthError::authentication_failed)?;
+            let client_id = credentials.claimed_client_id().unwrap_or_default();
             let client = store
                 .client(&client_id)
-                .filter(|c| c.auth_methods.private_key_jwt)
-                .ok_or_else(OAuthError::authentication_failed)?;
-            verify_assertion(&client, assertion, audience, replay, now)?;
-            Ok(client)
+                .filter(|c| c.auth_methods.private_key_jwt);
+            match client {
+                Some(client) => {
+                    verify_assertion(&client, assertion, issuer, replay, now)?;
+                    Ok(client)
+                }
+                None => {
+                    // The same checks against a dummy key, result discarded.
+                    let _ = check_assertion(&client_id, &[], assertion, issuer, now);
+                    Err(OAuthError::authentication_failed())
+                }
+            }
         }
     }
 }
 
-/// Authenticates a form request with rate limiting: refuses blocked
-/// sources/clients before looking at credentials, counts failures.
+/// Authenticates a form request. Credentials are always checked; correct
+/// ones always pass. A failure is counted against the source address and,
+/// once the source is over its budget, answered 429 instead of 401.
 pub fn authenticate_request(
     app: &App,
     request: &FormRequest,
-    this_endpoint: &str,
     now: i64,
 ) -> Result<Arc<ClientEntry>, OAuthError> {
-    if let Err(retry) = app.limiter.check(request.source, None) {
-        return Err(OAuthError::rate_limited(retry));
-    }
     let credentials = select_credentials(
         request.authorization.as_ref().map(HeaderValue::as_bytes),
         &request.form,
     );
-    let credentials = match credentials {
-        Ok(credentials) => credentials,
-        Err(error) => {
-            if error.code == ErrorCode::InvalidClient
-                && let Some(retry) = app.limiter.record_failure(request.source, None)
-            {
-                return Err(OAuthError::rate_limited(retry));
+    let (error, claimed) = match credentials {
+        Ok(credentials) => {
+            match authenticate(&app.store, &credentials, &app.issuer, &app.replay, now) {
+                Ok(client) => return Ok(client),
+                Err(error) => (error, credentials.claimed_client_id()),
             }
-            return Err(error);
         }
+        Err(error) if error.code == ErrorCode::InvalidClient => (error, None),
+        Err(error) => return Err(error),
     };
-    let claimed = credentials.claimed_client_id();
-    if let Err(retry) = app.limiter.check(request.source, claimed.as_deref()) {
-        return Err(OAuthError::rate_limited(retry));
-    }
-    let audience = AssertionAudience {
-        token_endpoint: &app.token_endpoint,
-        issuer: &app.issuer,
-        this_endpoint,
-    };
-    authenticate(&app.store, &credentials, &audience, &app.replay, now).map_err(|error| {
-        tracing::info!(
-            client_id = claimed.as_deref().unwrap_or("-"),
-            source = ?request.source,
-            reason = %error.description,
-            "client authentication failed"
-        );
-        match app
-            .limiter
-            .record_failure(request.source, claimed.as_deref())
-        {
-            Some(retry) => OAuthError::rate_limited(retry),
-            None => error,
-        }
+    let limited = app.limiter.record_failure(request.source);
+    tracing::info!(
+        client_id = %cap(claimed.as_deref().unwrap_or("-")),
+        source = ?request.source,
+        reason = %error.description,
+        rate_limited = limited.is_some(),
+        "client authentication failed"
+    );
+    Err(match limited {
+        Some(retry) => OAuthError::rate_limited(retry),
+        None => error,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(total: usize, per_client: usize) -> ReplayCache {
+        ReplayCache::new(ReplayLimits { total, per_client }, Counter::default())
+    }
+
+    #[test]
+    fn an_entry_has_a_fixed_size_whatever_the_jti() {
+        // What is stored per assertion: a digest, an expiry and a tag.
+        assert_eq!(
+            std::mem::size_of::<([u8; 32], (i64, u64))>(),
+            48,
+            "entry layout changed: update the README's per-entry estimate"
+        );
+        let replay = cache(100, 50);
+        let long = "j".repeat(MAX_JTI_BYTES);
+        assert_eq!(replay.first_use("c", &long, 100, 0), ReplayVerdict::Fresh);
+        assert_eq!(
+            replay.first_use("c", &long, 100, 0),
+            ReplayVerdict::Replayed
+        );
+        // The same jti from another client is another assertion.
+        assert_eq!(replay.first_use("d", &long, 100, 0), ReplayVerdict::Fresh);
+    }
+
+    #[test]
+    fn a_client_filling_its_share_does_not_refuse_other_clients() {
+        let refused = Counter::default();
+        let replay = ReplayCache::new(
+            ReplayLimits {
+                total: 100,
+                per_client: 1_000,
+            },
+            refused.clone(),
+        );
+        // The share is clamped to half the total.
+        assert_eq!(replay.limits().per_client, 50);
+        for i in 0..50 {
+            assert_eq!(
+                replay.first_use("noisy", &format!("j{i}"), 3_000, 0),
+                ReplayVerdict::Fresh
+            );
+        }
+        assert_eq!(
+            replay.first_use("noisy", "one-more", 3_000, 0),
+            ReplayVerdict::ClientFull
+        );
+        assert_eq!(refused.get(), 1);
+        for i in 0..50 {
+            assert_eq!(
+                replay.first_use(&format!("quiet{}", i % 5), &format!("j{i}"), 3_000, 0),
+                ReplayVerdict::Fresh
+            );
+        }
+        assert_eq!(
+            replay.first_use("quiet0", "x", 3_000, 0),
+            ReplayVerdict::Full
+        );
+        assert_eq!(replay.len(), 100);
+    }
+
+    #[test]
+    fn expired_entries_leave_in_expiry_order_on_insert_and_sweep() {
+        let replay = cache(10, 5);
+        for i in 0..5 {
+            assert_eq!(
+                replay.first_use("c", &format!("j{i}"), 100 + i, 0),
+                ReplayVerdict::Fresh
+            );
+        }
+        assert_eq!(
+            replay.first_use("c", "late", 500, 0),
+            ReplayVerdict::ClientFull
+        );
+        // At t = 100 + leeway + 2, j0..j2 have expired (exp + leeway < now).
+        let now = 100 + ASSERTION_LEEWAY_SECS as i64 + 3;
+        assert_eq!(
+            replay.first_use("c", "late", 500, now),
+            ReplayVerdict::Fresh
+        );
+        assert_eq!(replay.len(), 3);
+        // A jti is remembered through exp + leeway, then forgotten.
+        assert_eq!(
+            replay.first_use("c", "j4", 104, now),
+            ReplayVerdict::Replayed
+        );
+        replay.sweep(1_000);
+        assert!(replay.is_empty());
+    }
 }

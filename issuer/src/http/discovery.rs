@@ -10,6 +10,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use bytes::Bytes;
 
+use crate::http::client_auth::ASSERTION_ALGORITHMS;
 use crate::state::App;
 
 pub const AUTH_METHODS: [&str; 3] = [
@@ -17,10 +18,11 @@ pub const AUTH_METHODS: [&str; 3] = [
     "client_secret_post",
     "private_key_jwt",
 ];
-/// Algorithms accepted for `private_key_jwt` assertions.
-pub const ASSERTION_ALGORITHMS: [&str; 8] = [
-    "ES256", "ES384", "RS256", "RS384", "RS512", "PS256", "PS384", "EdDSA",
-];
+/// Algorithms accepted for `private_key_jwt` assertions: the one list
+/// assertion checking uses.
+pub fn assertion_algorithms() -> Vec<&'static str> {
+    ASSERTION_ALGORITHMS.iter().map(|(_, name)| *name).collect()
+}
 /// Algorithms Sigil signs access tokens with (a `SigningKey` picks one).
 pub const SIGNING_ALGORITHMS: [&str; 7] = [
     "ES256", "ES384", "RS256", "RS384", "RS512", "PS256", "EdDSA",
@@ -29,17 +31,24 @@ pub const SIGNING_ALGORITHMS: [&str; 7] = [
 /// The metadata document (one for both well-known paths: RFC 8414 §3 and
 /// OIDC Discovery §4 share their members here).
 pub fn metadata_json(issuer: &IssuerUrl) -> Bytes {
+    let assertion_algorithms = assertion_algorithms();
     let document = serde_json::json!({
         "issuer": issuer.as_str(),
         "token_endpoint": issuer.token_endpoint(),
         "jwks_uri": issuer.jwks_uri(),
         "introspection_endpoint": issuer.introspection_endpoint(),
         "grant_types_supported": ["client_credentials"],
-        "response_types_supported": [],
+        // REQUIRED by RFC 8414 §2 and OIDC Discovery, and authlib's
+        // metadata validation refuses an empty list. Sigil has no
+        // authorization endpoint; "none" (OAuth 2.0 Multiple Response Type
+        // Encoding Practices §4) is the registered value that hands out no
+        // credential there, so it advertises no flow Sigil lacks (as
+        // "code" or "token" would).
+        "response_types_supported": ["none"],
         "token_endpoint_auth_methods_supported": AUTH_METHODS,
-        "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
+        "token_endpoint_auth_signing_alg_values_supported": assertion_algorithms,
         "introspection_endpoint_auth_methods_supported": AUTH_METHODS,
-        "introspection_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
+        "introspection_endpoint_auth_signing_alg_values_supported": assertion_algorithms,
         // OIDC Discovery requires these even without ID tokens.
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": SIGNING_ALGORITHMS,

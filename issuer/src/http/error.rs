@@ -15,8 +15,7 @@ pub enum ErrorCode {
     InvalidScope,
     /// RFC 8707 §2.
     InvalidTarget,
-    /// Too many failed authentications (429) or no signing key (503).
-    TemporarilyUnavailable,
+    /// Internal failures only (RFC 6749 §4.1.2.1; 500).
     ServerError,
 }
 
@@ -29,7 +28,6 @@ impl ErrorCode {
             ErrorCode::UnsupportedGrantType => "unsupported_grant_type",
             ErrorCode::InvalidScope => "invalid_scope",
             ErrorCode::InvalidTarget => "invalid_target",
-            ErrorCode::TemporarilyUnavailable => "temporarily_unavailable",
             ErrorCode::ServerError => "server_error",
         }
     }
@@ -41,8 +39,10 @@ impl ErrorCode {
 pub struct OAuthError {
     pub code: ErrorCode,
     pub description: Cow<'static, str>,
-    /// Set for rate limiting: seconds to put in `Retry-After` (status 429).
+    /// Seconds to put in `Retry-After`.
     pub retry_after: Option<u64>,
+    /// A status other than the code's usual one (429, 503).
+    pub status_override: Option<StatusCode>,
 }
 
 impl OAuthError {
@@ -51,6 +51,7 @@ impl OAuthError {
             code,
             description: description.into(),
             retry_after: None,
+            status_override: None,
         }
     }
 
@@ -64,21 +65,45 @@ impl OAuthError {
         Self::new(ErrorCode::InvalidClient, "client authentication failed")
     }
 
+    /// A failed authentication from a source address that has used up its
+    /// failure budget: 429 with `Retry-After`. The code is RFC 6749 §5.2's
+    /// `invalid_client` (the authentication did fail; `temporarily_unavailable`
+    /// is an authorization-endpoint code that token clients need not know),
+    /// and the description says why and when to retry. Only failed
+    /// authentications get this: correct credentials are never refused.
     pub fn rate_limited(retry_after: u64) -> Self {
+        let retry_after = retry_after.max(1);
         OAuthError {
-            code: ErrorCode::TemporarilyUnavailable,
-            description: "too many failed client authentications; retry later".into(),
-            retry_after: Some(retry_after.max(1)),
+            code: ErrorCode::InvalidClient,
+            description: format!(
+                "client authentication failed, and too many failed client authentications came from this address; retry after {retry_after} s"
+            )
+            .into(),
+            retry_after: Some(retry_after),
+            status_override: Some(StatusCode::TOO_MANY_REQUESTS),
+        }
+    }
+
+    /// The client authenticated but its signing key has no active key yet
+    /// (a new `SigningKey`, or a key Secret not synced): 503 with
+    /// `Retry-After`, code `unauthorized_client` (RFC 6749 §5.2: this
+    /// client cannot be issued a token now; no §5.2 code means "server
+    /// busy", and the 503 status tells generic HTTP clients to retry).
+    pub fn no_signing_key() -> Self {
+        OAuthError {
+            code: ErrorCode::UnauthorizedClient,
+            description: "this client's signing key has no active key yet; retry after 10 s".into(),
+            retry_after: Some(10),
+            status_override: Some(StatusCode::SERVICE_UNAVAILABLE),
         }
     }
 
     pub fn status(&self) -> StatusCode {
+        if let Some(status) = self.status_override {
+            return status;
+        }
         match self.code {
             ErrorCode::InvalidClient => StatusCode::UNAUTHORIZED,
-            ErrorCode::TemporarilyUnavailable if self.retry_after.is_some() => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
-            ErrorCode::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -112,7 +137,7 @@ impl IntoResponse for OAuthError {
         );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-        if self.code == ErrorCode::InvalidClient {
+        if self.status() == StatusCode::UNAUTHORIZED {
             // RFC 6749 §5.2 requires the challenge when Basic was used, and
             // RFC 9110 §15.5.2 requires one on every 401; Basic is the
             // scheme this endpoint understands.

@@ -13,7 +13,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 
 use crate::http::client_auth::authenticate_request;
-use crate::http::error::OAuthError;
+use crate::http::error::{ErrorCode, OAuthError};
 use crate::http::form::read_form_request;
 use crate::http::token::unix_now;
 use crate::index::Store;
@@ -83,7 +83,14 @@ pub async fn introspect_endpoint(State(app): State<Arc<App>>, request: Request) 
     let result = async {
         let request = read_form_request(request).await?;
         let now = unix_now();
-        authenticate_request(&app, &request, &app.introspection_endpoint, now)?;
+        let caller = authenticate_request(&app, &request, now)?;
+        if caller.disabled {
+            // As the token endpoint: a disabled client may do nothing.
+            return Err(OAuthError::new(
+                ErrorCode::UnauthorizedClient,
+                "this client is disabled",
+            ));
+        }
         let token = request
             .form
             .token

@@ -20,6 +20,7 @@ use super::client_auth::authenticate_request;
 use super::form::{TokenForm, read_form_request};
 use crate::http::error::{ErrorCode, OAuthError};
 use crate::index::{ActiveKey, ClientEntry, TokenTyp};
+use crate::logsafe::cap;
 use crate::state::App;
 use sigil_core::keys::KeyError;
 
@@ -208,14 +209,11 @@ pub fn issue(
     let ring = app.store.ring(client.signing_key.as_deref());
     let Some(active) = ring.as_ref().and_then(|r| r.active.clone()) else {
         tracing::error!(
-            client_id = %client.client_id,
+            client_id = %cap(&client.client_id),
             signing_key = client.signing_key.as_deref().unwrap_or(app.store.default_signing_key()),
             "no active signing key for this client"
         );
-        return Err(OAuthError::new(
-            ErrorCode::TemporarilyUnavailable,
-            "no active signing key; try again shortly",
-        ));
+        return Err(OAuthError::no_signing_key());
     };
     let jti = new_jti();
     let claims = access_token_claims(&app.issuer, client, &scopes, &audiences, now, &jti);
@@ -232,7 +230,7 @@ pub async fn token_endpoint(State(app): State<Arc<App>>, request: Request) -> Re
         let request = read_form_request(request).await?;
         check_grant_type(&request.form)?;
         let now = unix_now();
-        let client = authenticate_request(&app, &request, &app.token_endpoint, now)?;
+        let client = authenticate_request(&app, &request, now)?;
         let (token, expires_in, scope) = issue(&app, &client, &request.form, now)?;
         Ok::<_, OAuthError>(token_response_body(&token, expires_in, &scope))
     }

@@ -19,7 +19,7 @@ use sigil_crds::{
     SigningAlgorithm, SigningKey, SigningKeySpec,
 };
 
-use crate::index::{ClientEntry, Ring, RingKeySource, Store};
+use crate::index::{Ring, RingKeySource, Store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StandaloneError {
@@ -279,9 +279,7 @@ pub fn load_clients(store: &Store, clients: &[OAuthClient], secrets: &BTreeMap<S
             tracing::warn!(client_id = %id, first = %previous, "duplicate client id in the manifests; the first one keeps it");
             continue;
         }
-        store.insert_client_entry(ClientEntry::from_oauth_client(&with_verifier(
-            client, secrets,
-        )));
+        store.upsert_client(&with_verifier(client, secrets));
     }
 }
 
