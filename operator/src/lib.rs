@@ -12,6 +12,8 @@ pub mod client_index;
 pub mod config;
 pub mod context;
 pub mod controller;
+#[cfg(test)]
+mod fixtures;
 pub mod health;
 pub mod leader;
 pub mod metrics;
