@@ -1667,8 +1667,46 @@ impl std::io::Write for Captured {
     }
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn logs_never_contain_secrets_tokens_or_assertions() {
+/// Set in the child process that runs the log-capture test alone.
+const LOG_CAPTURE_CHILD: &str = "SIGIL_LOG_CAPTURE_CHILD";
+
+#[test]
+fn logs_never_contain_secrets_tokens_or_assertions() {
+    // Tracing's per-callsite interest is process-wide: tests running in
+    // parallel threads can make a scoped subscriber miss lines. So the
+    // capture runs in a child process of this test binary, alone, with a
+    // global subscriber.
+    if std::env::var_os(LOG_CAPTURE_CHILD).is_some() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(capture_logs_of_every_path());
+        return;
+    }
+    let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "api_tests::logs_never_contain_secrets_tokens_or_assertions",
+            "--test-threads=1",
+            "--nocapture",
+        ])
+        .env(LOG_CAPTURE_CHILD, "1")
+        .output()
+        .expect("running the log-capture child");
+    assert!(
+        output.status.success(),
+        "the log-capture child failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("1 passed"),
+        "the child ran no test"
+    );
+}
+
+async fn capture_logs_of_every_path() {
     let captured = Captured::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -1676,12 +1714,9 @@ async fn logs_never_contain_secrets_tokens_or_assertions() {
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
 
     let f = fixture();
-    // Other tests, running in parallel without this subscriber, may have
-    // registered these callsites as uninteresting while it was being set.
-    tracing::callsite::rebuild_interest_cache();
     let ok = task_token(&f, "").await;
     let access_token = ok.body["access_token"].as_str().expect("token").to_owned();
     let wrong_secret = "wrong-secret-that-must-not-be-logged";
