@@ -127,16 +127,24 @@ impl std::fmt::Display for OAuthError {
 
 impl std::error::Error for OAuthError {}
 
+/// A JSON answer that no cache may keep (RFC 6749 §5.1, RFC 7662 §2.2):
+/// every token, introspection and error response of the API.
+pub fn no_store_json(status: StatusCode, body: String) -> Response {
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
 impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
-        let mut response = (self.status(), self.body()).into_response();
+        let mut response = no_store_json(self.status(), self.body());
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
         if self.status() == StatusCode::UNAUTHORIZED {
             // RFC 6749 §5.2 requires the challenge when Basic was used, and
             // RFC 9110 §15.5.2 requires one on every 401; Basic is the

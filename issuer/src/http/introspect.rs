@@ -4,16 +4,15 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 
 use crate::http::client_auth::authenticate_request;
-use crate::http::error::{ErrorCode, OAuthError};
+use crate::http::error::{ErrorCode, OAuthError, no_store_json};
 use crate::http::form::read_form_request;
 use crate::http::token::unix_now;
 use crate::index::Store;
@@ -108,14 +107,7 @@ pub async fn introspect_endpoint(State(app): State<Arc<App>>, request: Request) 
                     result: if active { "active" } else { "inactive" },
                 })
                 .inc();
-            let mut response = Response::new(Body::from(answer.to_string()));
-            let headers = response.headers_mut();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            response
+            no_store_json(StatusCode::OK, answer.to_string())
         }
         Err(error) => {
             app.metrics

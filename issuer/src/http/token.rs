@@ -8,9 +8,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -18,7 +17,7 @@ use serde::Serialize;
 
 use super::client_auth::authenticate_request;
 use super::form::{TokenForm, read_form_request};
-use crate::http::error::{ErrorCode, OAuthError};
+use crate::http::error::{ErrorCode, OAuthError, no_store_json};
 use crate::index::{ActiveKey, ClientEntry, TokenTyp};
 use crate::logsafe::cap;
 use crate::state::App;
@@ -238,15 +237,7 @@ pub async fn token_endpoint(State(app): State<Arc<App>>, request: Request) -> Re
     let response = match result {
         Ok(body) => {
             app.metrics.count_token("success");
-            let mut response = Response::new(Body::from(body));
-            let headers = response.headers_mut();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-            response
+            no_store_json(StatusCode::OK, body)
         }
         Err(error) => {
             let result = if error.status() == StatusCode::TOO_MANY_REQUESTS {
