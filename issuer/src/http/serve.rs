@@ -219,12 +219,9 @@ fn configure(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        // Ping a peer that stopped answering and drop it.
-        .keep_alive_interval(limits.idle_timeout)
-        .keep_alive_timeout(limits.header_read_timeout);
+    // No HTTP/2 keep-alive pings: a ping is a write and would keep an idle
+    // connection open; the idle timer closes dead peers too.
+    builder.http2().timer(TokioTimer::new());
 }
 
 /// Admits a connection when a slot is free (else closes it at once),
