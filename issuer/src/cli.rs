@@ -48,6 +48,30 @@ pub enum Command {
 const DEFAULT_AGENT_RESOURCES: &str =
     r#"{"requests":{"cpu":"10m","memory":"16Mi"},"limits":{"memory":"64Mi"}}"#;
 
+/// `5s`, `1m30s`, `250ms` (jiff's friendly format) or ISO 8601 (`PT5S`).
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let duration: jiff::SignedDuration = text
+        .parse()
+        .map_err(|e| format!("not a duration such as 5s or 1m30s: {e}"))?;
+    std::time::Duration::try_from(duration)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| "must be more than zero".to_owned())
+}
+
+/// An address, or empty for none.
+fn parse_optional_addr(text: &str) -> Result<OptionalAddr, String> {
+    if text.is_empty() {
+        return Ok(OptionalAddr(None));
+    }
+    text.parse()
+        .map(|addr| OptionalAddr(Some(addr)))
+        .map_err(|e| format!("not an address such as 0.0.0.0:9443 (or empty for none): {e}"))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OptionalAddr(pub Option<SocketAddr>);
+
 fn parse_resources(json: &str) -> Result<ResourceRequirements, String> {
     serde_json::from_str(json).map_err(|e| {
         format!(
@@ -171,9 +195,47 @@ pub struct ServeArgs {
     /// Port of the agent sidecar's /readyz and /healthz inside the pod.
     #[arg(long, env = "SIGIL_AGENT_HEALTH_PORT", default_value_t = 8099)]
     pub agent_health_port: u16,
+
+    /// Address of the pod admission webhook (POST /webhooks/pods), cluster
+    /// mode only, over TLS with --tls-cert/--tls-key (the API server calls
+    /// webhooks over HTTPS only; without TLS the webhook is off). Its own
+    /// port, so that only the API server needs to reach it. Empty: off.
+    #[arg(long, env = "SIGIL_WEBHOOK_LISTEN", default_value = "0.0.0.0:9443", value_parser = parse_optional_addr)]
+    pub webhook_listen: OptionalAddr,
+
+    /// Open connections per listener (API, webhook, health); more are
+    /// closed as soon as they are accepted.
+    #[arg(long, env = "SIGIL_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Time a client has for the TLS handshake and for sending a request's
+    /// headers; an idle HTTP/1.1 keep-alive connection is closed after it.
+    #[arg(long, env = "SIGIL_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub header_read_timeout: std::time::Duration,
+
+    /// Time from a request's headers to its response, reading the body
+    /// included; then 408 and the connection is closed.
+    #[arg(long, env = "SIGIL_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: std::time::Duration,
+
+    /// A connection on which the issuer has sent nothing and no new request
+    /// started for this long is closed (silent or idle HTTP/2 connections,
+    /// clients that stop reading). Must exceed --request-timeout.
+    #[arg(long, env = "SIGIL_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: std::time::Duration,
 }
 
 impl ServeArgs {
+    /// The connection limits of every listener.
+    pub fn limits(&self) -> serve::Limits {
+        serve::Limits {
+            max_connections: self.max_connections as usize,
+            header_read_timeout: self.header_read_timeout,
+            request_timeout: self.request_timeout,
+            idle_timeout: self.idle_timeout,
+        }
+    }
+
     pub fn settings(&self) -> Settings {
         Settings {
             issuer_url: self.issuer_url.clone(),
@@ -224,12 +286,19 @@ pub enum RunError {
         "refusing plain HTTP on {0}: give --tls-cert/--tls-key, listen on a loopback address, or pass --allow-plain-http"
     )]
     PlainHttp(SocketAddr),
+    #[error(
+        "--idle-timeout must be longer than --request-timeout (a request in progress is not idle)"
+    )]
+    IdleTimeout,
 }
 
 /// Serves until a server fails or the process is stopped.
 pub async fn serve(args: ServeArgs) -> Result<(), RunError> {
     if args.tls_cert.is_none() && !args.listen.ip().is_loopback() && !args.allow_plain_http {
         return Err(RunError::PlainHttp(args.listen));
+    }
+    if args.idle_timeout <= args.request_timeout {
+        return Err(RunError::IdleTimeout);
     }
     let store = Arc::new(Store::with_client_limits(
         &args.signing_key,
@@ -277,26 +346,63 @@ pub async fn serve(args: ServeArgs) -> Result<(), RunError> {
             client,
             args.namespace.clone(),
             store.clone(),
-            metrics,
+            metrics.clone(),
             directory,
         ));
     }
 
     state::spawn_housekeeping(app.clone());
-    let health = serve::serve_plain(args.health_listen, http::health_router(app.clone()));
-    let mut api = http::api_router(app);
-    if let Some(webhook) = webhook {
-        api = api.merge(webhook);
-    }
-    let api = async {
-        match (args.tls_cert, args.tls_key) {
-            (Some(cert), Some(key)) => serve::serve_tls(args.listen, api, cert, key).await,
-            _ => serve::serve_plain(args.listen, api).await,
+    let limits = args.limits();
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(serve::Tls::load(cert.clone(), key.clone())?),
+        _ => None,
+    };
+    // Bind everything first, so a taken port fails the start.
+    let health_listener = serve::bind(args.health_listen).await?;
+    let api_listener = serve::bind(args.listen).await?;
+    let webhook = match (webhook, args.webhook_listen.0, &tls) {
+        (Some(router), Some(addr), Some(tls)) => {
+            Some((serve::bind(addr).await?, router, tls.clone()))
+        }
+        (Some(_), Some(addr), None) => {
+            tracing::warn!(%addr, "no --tls-cert/--tls-key: the pod webhook is off (the API server calls webhooks over HTTPS only)");
+            None
+        }
+        _ => None,
+    };
+    let health = serve::serve(
+        health_listener,
+        http::health_router(app.clone()),
+        None,
+        limits,
+        metrics.connection_metrics("health"),
+    );
+    let api = serve::serve(
+        api_listener,
+        http::api_router(app),
+        tls,
+        limits,
+        metrics.connection_metrics("api"),
+    );
+    let webhook = async {
+        match webhook {
+            Some((listener, router, tls)) => {
+                serve::serve(
+                    listener,
+                    router,
+                    Some(tls),
+                    limits,
+                    metrics.connection_metrics("webhook"),
+                )
+                .await
+            }
+            None => std::future::pending().await,
         }
     };
     tokio::select! {
         result = health => result?,
         result = api => result?,
+        result = webhook => result?,
     }
     Ok(())
 }

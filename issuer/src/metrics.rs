@@ -18,6 +18,11 @@ pub struct ResourceLabel {
     pub resource: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    pub listener: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub token_requests: Family<ResultLabel, Counter>,
@@ -43,6 +48,12 @@ pub struct Metrics {
     pub assertions_refused_for_capacity: Counter,
     /// Source addresses whose failed authentications are being counted.
     pub failed_auth_tracked_sources: Gauge,
+    /// Connections per listener (api, webhook, health) and what the limits
+    /// of `http::serve` did to them.
+    pub connections_open: Family<ListenerLabel, Gauge>,
+    pub connections_refused: Family<ListenerLabel, Counter>,
+    pub connections_idle_closed: Family<ListenerLabel, Counter>,
+    pub requests_timed_out: Family<ListenerLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -135,6 +146,30 @@ impl Metrics {
             "Source addresses whose failed client authentications are being counted",
             failed_auth_tracked_sources.clone(),
         );
+        let connections_open = Family::<ListenerLabel, Gauge>::default();
+        registry.register(
+            "connections_open",
+            "Open HTTP connections by listener (api, webhook, health)",
+            connections_open.clone(),
+        );
+        let connections_refused = Family::<ListenerLabel, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept because --max-connections were open, by listener",
+            connections_refused.clone(),
+        );
+        let connections_idle_closed = Family::<ListenerLabel, Counter>::default();
+        registry.register(
+            "connections_idle_closed",
+            "Connections closed by --idle-timeout, by listener",
+            connections_idle_closed.clone(),
+        );
+        let requests_timed_out = Family::<ListenerLabel, Counter>::default();
+        registry.register(
+            "requests_timed_out",
+            "Requests answered 408 after --request-timeout, by listener",
+            requests_timed_out.clone(),
+        );
         Metrics {
             registry,
             clients_over_limits,
@@ -150,6 +185,24 @@ impl Metrics {
             watch_errors,
             undecodable_objects,
             admission_reviews,
+            connections_open,
+            connections_refused,
+            connections_idle_closed,
+            requests_timed_out,
+        }
+    }
+
+    /// The connection metrics `http::serve` keeps for one listener.
+    pub fn connection_metrics(
+        &self,
+        listener: &'static str,
+    ) -> crate::http::serve::ConnectionMetrics {
+        let label = ListenerLabel { listener };
+        crate::http::serve::ConnectionMetrics {
+            open: self.connections_open.get_or_create(&label).clone(),
+            refused: self.connections_refused.get_or_create(&label).clone(),
+            idle_closed: self.connections_idle_closed.get_or_create(&label).clone(),
+            request_timeouts: self.requests_timed_out.get_or_create(&label).clone(),
         }
     }
 

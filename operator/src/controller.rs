@@ -21,7 +21,7 @@ use crate::context::Context;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::reconcile::{self, oauth_client, signing_key};
-use crate::watch::{Scope, tolerant_reflector};
+use crate::watch::{Scope, tolerant_reflector, with_watch_backoff};
 
 /// Runs both controllers until `shutdown` resolves; they finish the
 /// reconciles in flight first.
@@ -104,17 +104,15 @@ pub async fn run(
     // Owned Secrets, by metadata only: an edit or a deletion triggers the
     // owner at once.
     let managed = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
-    let client_secrets = watcher::watcher(
+    let client_secrets = with_watch_backoff(watcher::watcher(
         client_scope.api::<PartialObjectMeta<Secret>>(client.clone()),
         watcher::Config::default().labels(&managed),
-    )
-    .default_backoff()
+    ))
     .touched_objects();
-    let key_secrets = watcher::watcher(
+    let key_secrets = with_watch_backoff(watcher::watcher(
         Api::<PartialObjectMeta<Secret>>::namespaced(client.clone(), &args.namespace),
         watcher::Config::default().labels(&managed),
-    )
-    .default_backoff()
+    ))
     .touched_objects();
 
     let key_events = tolerant_reflector(
@@ -128,7 +126,17 @@ pub async fn run(
     .applied_objects();
 
     let config = ControllerConfig::default().concurrency(args.concurrency);
+    // Each controller also backs off on the errors of its merged triggers,
+    // by default like client-go (800 ms doubling to 30 s, reset only after
+    // 120 s): during an API server outage every watch error there paused
+    // all of its triggers, watches included, up to 30 s at a time, so a
+    // client created after the outage waited 40-55 s. Faster watch backoffs
+    // made it worse (more errors, so the outer backoff reached 30 s sooner),
+    // and even a 4 s trigger backoff stacked one pause per failing watch.
+    // Every trigger that can fail is a watch with a backoff of its own, so
+    // the controllers add none.
     let client_controller = Controller::for_stream(client_events, client_store.clone())
+        .trigger_backoff(NoTriggerBackoff)
         .owns_stream(client_secrets)
         .reconcile_on(peer_rx)
         .with_config(config.clone())
@@ -144,6 +152,7 @@ pub async fn run(
             }
         });
     let key_controller = Controller::for_stream(key_events, key_store.clone())
+        .trigger_backoff(NoTriggerBackoff)
         .owns_stream(key_secrets)
         .with_config(config)
         .graceful_shutdown_on(shutdown)
@@ -158,4 +167,22 @@ pub async fn run(
     futures::join!(client_controller, key_controller);
     health.reset_listed();
     tracing::info!("controllers stopped");
+}
+
+/// A trigger backoff that never waits: the watches behind the triggers
+/// back off themselves ([`with_watch_backoff`]), so an error is already one
+/// attempt per backoff step and needs no second pause.
+struct NoTriggerBackoff;
+
+impl Iterator for NoTriggerBackoff {
+    type Item = std::time::Duration;
+
+    fn next(&mut self) -> Option<std::time::Duration> {
+        // `None` would end the trigger stream; zero means "go on at once".
+        Some(std::time::Duration::ZERO)
+    }
+}
+
+impl kube::runtime::utils::Backoff for NoTriggerBackoff {
+    fn reset(&mut self) {}
 }

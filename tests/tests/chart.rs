@@ -291,3 +291,129 @@ async fn chart_installs_uninstalls_and_grants_least_privilege() {
             .expect_success("CRDs stay after uninstall, as Helm does");
     }
 }
+
+/// Every rendered document, parsed.
+fn documents(manifest: &str) -> Vec<Value> {
+    manifest
+        .split("\n---")
+        .filter_map(|doc| serde_saphyr::from_str::<Value>(doc).ok())
+        .filter(|doc| doc["kind"].is_string())
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|doc| doc["kind"] == kind && doc["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} rendered"))
+}
+
+/// The pod webhook has its own port: the MutatingWebhookConfiguration calls
+/// a Service port that leads to the issuer's --webhook-listen, not to the
+/// public token port, and with the NetworkPolicy only the API server's
+/// range reaches it.
+#[tokio::test]
+async fn chart_serves_the_webhook_on_its_own_port_for_the_api_server_only() {
+    let cluster = TestCluster::shared().await;
+    let render = |extra: &[&str]| {
+        let mut args = vec![
+            "template",
+            "sigil",
+            &chart_dir(),
+            "-n",
+            "sigil-system",
+            "--kube-version",
+            KUBE_VERSION,
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cluster.helm(&args)
+    };
+    let rendered = render(&[
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set",
+        "networkPolicy.apiServerCIDRs={10.0.0.0/24,192.0.2.10/32}",
+    ])
+    .expect_success("helm template with the NetworkPolicy");
+    let docs = documents(&rendered.stdout);
+
+    let webhook = find(&docs, "MutatingWebhookConfiguration", "sigil");
+    let target = &webhook["webhooks"][0]["clientConfig"]["service"];
+    assert_eq!(target["name"], "sigil-issuer");
+    assert_eq!(target["path"], "/webhooks/pods");
+    let service = find(&docs, "Service", "sigil-issuer");
+    let ports = service["spec"]["ports"].as_array().expect("Service ports");
+    let webhook_port = ports
+        .iter()
+        .find(|p| p["port"] == target["port"])
+        .expect("the webhook's Service port");
+    assert_eq!(webhook_port["targetPort"], "webhook");
+    let https = ports.iter().find(|p| p["name"] == "https").expect("https");
+    assert_ne!(https["port"], target["port"], "webhook on the token port");
+
+    let deployment = find(&docs, "Deployment", "sigil-issuer");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let container_port = container["ports"]
+        .as_array()
+        .expect("container ports")
+        .iter()
+        .find(|p| p["name"] == "webhook")
+        .expect("a webhook container port")["containerPort"]
+        .clone();
+    assert_eq!(container_port, 9443);
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(args.contains(&"--webhook-listen=0.0.0.0:9443"), "{args:?}");
+    assert!(args.contains(&"--listen=0.0.0.0:8443"), "{args:?}");
+
+    let policy = find(&docs, "NetworkPolicy", "sigil-issuer");
+    let rules = policy["spec"]["ingress"].as_array().expect("ingress rules");
+    let rule_for = |port: u64| {
+        rules
+            .iter()
+            .find(|r| r["ports"][0]["port"] == port)
+            .unwrap_or_else(|| panic!("no ingress rule for {port}"))
+    };
+    assert!(rule_for(8443)["from"].is_null(), "the token port is public");
+    assert_eq!(
+        rule_for(9443)["from"],
+        serde_json::json!([
+            {"ipBlock": {"cidr": "10.0.0.0/24"}},
+            {"ipBlock": {"cidr": "192.0.2.10/32"}},
+        ])
+    );
+
+    // A NetworkPolicy that would shut the webhook out is refused by name.
+    let closed = render(&["--set", "networkPolicy.enabled=true"]);
+    assert!(
+        !closed.success,
+        "NetworkPolicy without apiServerCIDRs rendered"
+    );
+    assert!(
+        format!("{}{}", closed.stdout, closed.stderr).contains("apiServerCIDRs"),
+        "{closed:?}"
+    );
+
+    // Without the webhook: no port, no listener.
+    let off = render(&["--set", "webhook.enabled=false"]).expect_success("helm template");
+    let docs = documents(&off.stdout);
+    let service = find(&docs, "Service", "sigil-issuer");
+    assert_eq!(service["spec"]["ports"].as_array().map(Vec::len), Some(1));
+    let container =
+        &find(&docs, "Deployment", "sigil-issuer")["spec"]["template"]["spec"]["containers"][0];
+    assert!(
+        container["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .any(|a| a == "--webhook-listen="),
+        "{container}"
+    );
+}

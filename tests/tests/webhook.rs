@@ -44,6 +44,8 @@ struct Sigil {
     operator: Process,
     /// `https://127.0.0.1:<port>`: the issuer URL and its listener.
     url: String,
+    /// `https://127.0.0.1:<port>`: the webhook's own listener.
+    webhook_url: String,
     ca_pem: String,
     ca_file: PathBuf,
     http: reqwest::Client,
@@ -77,9 +79,12 @@ impl Sigil {
         let listen = free_addr().expect("free port");
         let url = format!("https://{listen}");
         let issuer_health = free_addr().expect("free port");
+        let webhook_listen = free_addr().expect("free port");
+        let webhook_url = format!("https://{webhook_listen}");
         let issuer_args = vec![
             format!("--issuer-url={url}"),
             format!("--listen={listen}"),
+            format!("--webhook-listen={webhook_listen}"),
             format!("--health-listen={issuer_health}"),
             format!("--namespace={namespace}"),
             format!("--tls-cert={}", dir.join("issuer.crt").display()),
@@ -119,6 +124,7 @@ impl Sigil {
             issuer_health,
             operator,
             url,
+            webhook_url,
             ca_pem: pki.ca_pem.clone(),
             ca_file,
             http,
@@ -156,7 +162,7 @@ impl Sigil {
                 "reinvocationPolicy": "IfNeeded",
                 "timeoutSeconds": 5,
                 "clientConfig": {
-                    "url": format!("{}/webhooks/pods", self.url),
+                    "url": format!("{}/webhooks/pods", self.webhook_url),
                     "caBundle": STANDARD.encode(&self.ca_pem),
                 },
                 "rules": [{
@@ -349,6 +355,25 @@ async fn webhook_injects_credentials_through_the_api_server() {
     wait_ready_condition(&client, &ns, "task-service", "True").await;
     let reason = wait_ready_condition(&client, &ns, "second", "False").await;
     assert_eq!(reason, "DuplicateClientId");
+
+    // The webhook has its own port: the public API port serves no admission
+    // path, and the webhook port serves no token API.
+    let forged = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"});
+    let on_api = sigil
+        .http
+        .post(format!("{}/webhooks/pods", sigil.url))
+        .json(&forged)
+        .send()
+        .await
+        .expect("POST /webhooks/pods on the API port");
+    assert_eq!(on_api.status(), 404, "the API port serves the webhook");
+    let on_webhook = sigil
+        .http
+        .get(format!("{}/.well-known/jwks.json", sigil.webhook_url))
+        .send()
+        .await
+        .expect("GET the JWKS on the webhook port");
+    assert_eq!(on_webhook.status(), 404, "the webhook port serves the API");
 
     let webhooks: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let configuration = sigil.webhook_configuration();

@@ -652,6 +652,8 @@ async fn no_pod_admission_fails_during_a_ca_rotation() {
     let overlap = Duration::from_secs(15);
     let issuer_addr = free_addr().expect("free port");
     let issuer_url = format!("https://{issuer_addr}");
+    // The webhook's own listener, with the same certificate files.
+    let webhook_addr = free_addr().expect("free port");
     let mut args = vec![
         format!("--issuer-url={issuer_url}"),
         format!("--namespace={ns}"),
@@ -697,6 +699,7 @@ async fn no_pod_admission_fails_during_a_ca_rotation() {
         &[
             format!("--issuer-url={issuer_url}"),
             format!("--listen={issuer_addr}"),
+            format!("--webhook-listen={webhook_addr}"),
             format!("--health-listen={health}"),
             format!("--namespace={ns}"),
             format!("--tls-cert={}", dir.join("tls.crt").display()),
@@ -749,7 +752,7 @@ async fn no_pod_admission_fails_during_a_ca_rotation() {
             &PostParams::default(),
             &webhook_config(
                 &webhook_name,
-                &format!("{issuer_url}/webhooks/pods"),
+                &format!("https://{webhook_addr}/webhooks/pods"),
                 Some(&app),
             ),
         )

@@ -1,12 +1,29 @@
 //! Running a router over plain HTTP or TLS (certificate reloaded when its
-//! files change).
+//! files change), with the limits that keep one client from holding the
+//! server: a connection limit, a TLS handshake and header-read timeout, a
+//! request timeout (body reads included) and an idle timeout.
 
+use std::future::{Future, Ready, ready};
+use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
 use axum::Router;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum_server::accept::Accept;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
+use hyper_util::rt::TokioTimer;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -28,33 +45,354 @@ pub enum ServeError {
     },
 }
 
-/// Serves `router` on `addr` over plain HTTP until the process ends.
-pub async fn serve_plain(addr: SocketAddr, router: Router) -> Result<(), ServeError> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind { addr, source })?;
-    serve_listener(listener, router).await
+/// What one client may hold (flags `--max-connections`,
+/// `--header-read-timeout`, `--request-timeout`, `--idle-timeout`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Open connections per listener; more are closed as soon as accepted.
+    pub max_connections: usize,
+    /// Time to finish the TLS handshake, and to send a request's headers
+    /// (HTTP/1: counted from when the server waits for a request, so it is
+    /// also how long an idle keep-alive connection stays open).
+    pub header_read_timeout: Duration,
+    /// Time from the headers to the end of the response (reading the body
+    /// included); then 408.
+    pub request_timeout: Duration,
+    /// A connection to which the server has written nothing for this long
+    /// (and that sent no new request in that time) is closed: silent
+    /// connections, idle HTTP/2 connections, clients that do not read.
+    pub idle_timeout: Duration,
 }
 
-pub async fn serve_listener(
-    listener: tokio::net::TcpListener,
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Connection metrics of one listener (see `Metrics::connection_metrics`);
+/// the default is detached from any registry.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionMetrics {
+    /// Connections open now.
+    pub open: Gauge,
+    /// Connections closed at accept because `max_connections` were open.
+    pub refused: Counter,
+    /// Connections closed by the idle timeout.
+    pub idle_closed: Counter,
+    /// Requests answered 408 by the request timeout.
+    pub request_timeouts: Counter,
+}
+
+/// A certificate and key loaded once and reloaded when their files change
+/// (the operator renews them); clones share the same reloading config.
+#[derive(Clone)]
+pub struct Tls {
+    config: RustlsConfig,
+}
+
+impl Tls {
+    /// Loads the pair and starts watching the files (every 10 s).
+    pub fn load(cert: PathBuf, key: PathBuf) -> Result<Tls, ServeError> {
+        let config = RustlsConfig::from_config(Arc::new(load_tls(&cert, &key)?));
+        let reload = config.clone();
+        tokio::spawn(async move {
+            let mut seen = (modified(&cert), modified(&key));
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                let now = (modified(&cert), modified(&key));
+                if now == seen {
+                    continue;
+                }
+                match load_tls(&cert, &key) {
+                    Ok(fresh) => {
+                        reload.reload_from_config(Arc::new(fresh));
+                        tracing::info!(cert = %cert.display(), "reloaded the TLS certificate");
+                        seen = now;
+                    }
+                    Err(error) => tracing::warn!(%error, "keeping the previous TLS certificate"),
+                }
+            }
+        });
+        Ok(Tls { config })
+    }
+
+    /// A fixed configuration (tests).
+    pub fn from_config(config: rustls::ServerConfig) -> Tls {
+        Tls {
+            config: RustlsConfig::from_config(Arc::new(config)),
+        }
+    }
+}
+
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// Serves `router` on `addr` over plain HTTP with the default limits.
+pub async fn serve_plain(addr: SocketAddr, router: Router) -> Result<(), ServeError> {
+    serve_listener(bind(addr).await?, router).await
+}
+
+/// Serves `router` over plain HTTP with the default limits and detached
+/// metrics.
+pub async fn serve_listener(listener: TcpListener, router: Router) -> Result<(), ServeError> {
+    serve(
+        listener,
+        router,
+        None,
+        Limits::default(),
+        ConnectionMetrics::default(),
+    )
+    .await
+}
+
+/// Serves `router` on `listener`, over TLS when `tls` is given, until the
+/// process ends.
+pub async fn serve(
+    listener: TcpListener,
     router: Router,
+    tls: Option<Tls>,
+    limits: Limits,
+    metrics: ConnectionMetrics,
 ) -> Result<(), ServeError> {
     let addr = listener.local_addr().map_err(|source| ServeError::Bind {
         addr: SocketAddr::from(([0, 0, 0, 0], 0)),
         source,
     })?;
-    tracing::info!(%addr, "listening (http)");
-    // Small JSON answers: send them at once instead of waiting for an ACK.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+    let timeouts = metrics.request_timeouts.clone();
+    let router = router
+        // Covers the handler and so the body read of its extractors: a body
+        // sent slowly gets 408 and the connection is closed.
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            limits.request_timeout,
+        ))
+        .layer(tower::util::MapResponseLayer::new(
+            move |response: Response| {
+                if response.status() == StatusCode::REQUEST_TIMEOUT {
+                    timeouts.inc();
+                }
+                response
+            },
+        ));
+    let make_service = router.into_make_service_with_connect_info::<SocketAddr>();
+    let admit = Admit {
+        permits: Arc::new(Semaphore::new(limits.max_connections)),
+        idle_timeout: limits.idle_timeout,
+        metrics,
+    };
+    let server = axum_server::Server::<SocketAddr>::from_listener(listener);
+    let result = match tls {
+        Some(tls) => {
+            tracing::info!(%addr, "listening (https)");
+            let acceptor = RustlsAcceptor::new(tls.config)
+                .handshake_timeout(limits.header_read_timeout)
+                .acceptor(admit);
+            let mut server = server.acceptor(acceptor);
+            configure(server.http_builder(), &limits);
+            server.serve(make_service).await
+        }
+        None => {
+            tracing::info!(%addr, "listening (http)");
+            let mut server = server.acceptor(admit);
+            configure(server.http_builder(), &limits);
+            server.serve(make_service).await
+        }
+    };
+    result.map_err(|source| ServeError::Serve { addr, source })
+}
+
+fn configure(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    limits: &Limits,
+) {
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    // No HTTP/2 keep-alive pings: a ping is a write and would keep an idle
+    // connection open; the idle timer closes dead peers too.
+    builder.http2().timer(TokioTimer::new());
+}
+
+/// Admits a connection when a slot is free (else closes it at once),
+/// disables Nagle (small JSON answers go out without waiting for an ACK),
+/// and wraps it in the idle timer.
+#[derive(Clone)]
+struct Admit {
+    permits: Arc<Semaphore>,
+    idle_timeout: Duration,
+    metrics: ConnectionMetrics,
+}
+
+impl<S> Accept<TcpStream, S> for Admit {
+    type Stream = Guarded;
+    type Service = S;
+    type Future = Ready<io::Result<(Guarded, S)>>;
+
+    fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            self.metrics.refused.inc();
+            // Dropping the stream closes it.
+            return ready(Err(io::Error::other("connection limit reached")));
+        };
         let _ = stream.set_nodelay(true);
-    });
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await
-    .map_err(|source| ServeError::Serve { addr, source })
+        self.metrics.open.inc();
+        ready(Ok((
+            Guarded {
+                inner: stream,
+                idle_timeout: self.idle_timeout,
+                active: Instant::now(),
+                read_since_write: false,
+                idle: Box::pin(tokio::time::sleep(self.idle_timeout)),
+                timed_out: false,
+                metrics: self.metrics.clone(),
+                _permit: permit,
+            },
+            service,
+        )))
+    }
+}
+
+/// An admitted connection: holds its slot until dropped, and fails its
+/// reads and writes once it has been idle for `idle_timeout`. Idle means:
+/// the server wrote nothing and no new request started; bytes trickling in
+/// for a request already started do not count, so a slow sender cannot keep
+/// a connection open with one byte a minute.
+struct Guarded {
+    inner: TcpStream,
+    idle_timeout: Duration,
+    /// The last write, or the first read after it.
+    active: Instant,
+    read_since_write: bool,
+    idle: Pin<Box<Sleep>>,
+    timed_out: bool,
+    metrics: ConnectionMetrics,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Guarded {
+    /// Ready with an error once the connection is idle; otherwise arms the
+    /// timer for the current deadline.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        loop {
+            if self.timed_out {
+                return Poll::Ready(idle_error());
+            }
+            let deadline = self.active + self.idle_timeout;
+            if self.idle.deadline() != deadline {
+                self.idle.as_mut().reset(deadline);
+            }
+            ready!(self.idle.as_mut().poll(cx));
+            if self.active + self.idle_timeout <= Instant::now() {
+                self.timed_out = true;
+                self.metrics.idle_closed.inc();
+            }
+        }
+    }
+}
+
+fn idle_error() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "connection idle")
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        self.metrics.open.dec();
+    }
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.timed_out {
+            return Poll::Ready(Err(idle_error()));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before && !this.read_since_write {
+                    this.read_since_write = true;
+                    this.active = Instant::now();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            Poll::Pending => this.poll_idle(cx).map(Err),
+        }
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.timed_out {
+            return Poll::Ready(Err(idle_error()));
+        }
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Ready(Ok(written)) => {
+                if written > 0 {
+                    this.read_since_write = false;
+                    this.active = Instant::now();
+                }
+                Poll::Ready(Ok(written))
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            // A peer that does not read is idle too.
+            Poll::Pending => this.poll_idle(cx).map(Err),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.timed_out {
+            return Poll::Ready(Err(idle_error()));
+        }
+        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(Ok(written)) => {
+                if written > 0 {
+                    this.read_since_write = false;
+                    this.active = Instant::now();
+                }
+                Poll::Ready(Ok(written))
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            Poll::Pending => this.poll_idle(cx).map(Err),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 fn load_tls(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, ServeError> {
@@ -83,41 +421,4 @@ fn load_tls(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, ServeError>
 
 fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
-}
-
-/// Serves `router` over TLS, reloading the certificate when its files
-/// change (the operator renews it).
-pub async fn serve_tls(
-    addr: SocketAddr,
-    router: Router,
-    cert: PathBuf,
-    key: PathBuf,
-) -> Result<(), ServeError> {
-    let config =
-        axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(load_tls(&cert, &key)?));
-    let reload = config.clone();
-    tokio::spawn(async move {
-        let mut seen = (modified(&cert), modified(&key));
-        let mut tick = tokio::time::interval(Duration::from_secs(10));
-        loop {
-            tick.tick().await;
-            let now = (modified(&cert), modified(&key));
-            if now == seen {
-                continue;
-            }
-            match load_tls(&cert, &key) {
-                Ok(fresh) => {
-                    reload.reload_from_config(Arc::new(fresh));
-                    tracing::info!(cert = %cert.display(), "reloaded the TLS certificate");
-                    seen = now;
-                }
-                Err(error) => tracing::warn!(%error, "keeping the previous TLS certificate"),
-            }
-        }
-    });
-    tracing::info!(%addr, "listening (https)");
-    axum_server::bind_rustls(addr, config)
-        .serve(router.into_make_service_with_connect_info::<SocketAddr>())
-        .await
-        .map_err(|source| ServeError::Serve { addr, source })
 }

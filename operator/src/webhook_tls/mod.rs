@@ -31,7 +31,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use sigil_crds::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 
@@ -268,8 +268,7 @@ where
     K: Send + 'static,
     S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 {
-    stream
-        .default_backoff()
+    crate::watch::with_watch_backoff(stream)
         .filter_map(|event| async move {
             match event {
                 Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => Some(()),
