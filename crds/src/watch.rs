@@ -8,6 +8,10 @@
 //! (which logs and counts it) and skipped, and everything else flows.
 
 use futures::{Stream, StreamExt};
+
+use kube::runtime::utils::Backoff;
+
+use crate::backoff::WatchBackoff;
 use kube::api::{Api, DynamicObject};
 use kube::runtime::watcher::{self, Event};
 use kube::{Resource, ResourceExt};
@@ -84,6 +88,53 @@ where
     })
 }
 
+/// Retries a watch with [`WatchBackoff`] (250 ms doubling to 4 s, so the
+/// watches return within seconds of an API server outage), except once
+/// after an expired resource version (410): the API server answered, and
+/// after its restart every watch's resource version is too old, so the
+/// watcher re-lists at once. With a pause per error, that expected 410 cost
+/// a second full step (4-5 s) right after the outage.
+pub fn with_watch_backoff<S, K>(
+    stream: S,
+) -> impl Stream<Item = Result<Event<K>, watcher::Error>> + Send + 'static
+where
+    S: Stream<Item = Result<Event<K>, watcher::Error>> + Send + 'static,
+    K: Send + 'static,
+{
+    struct State<S> {
+        stream: std::pin::Pin<Box<S>>,
+        backoff: WatchBackoff,
+        pause: Option<std::time::Duration>,
+        /// A 410 may skip the pause once between successes.
+        expired_once: bool,
+    }
+    let state = State {
+        stream: Box::pin(stream),
+        backoff: WatchBackoff::default(),
+        pause: None,
+        expired_once: false,
+    };
+    futures::stream::unfold(state, |mut state| async move {
+        if let Some(pause) = state.pause.take() {
+            tokio::time::sleep(pause).await;
+        }
+        let item = state.stream.next().await?;
+        match &item {
+            Ok(_) => {
+                state.backoff.reset();
+                state.expired_once = false;
+            }
+            Err(watcher::Error::WatchError(status))
+                if status.code == 410 && !state.expired_once =>
+            {
+                state.expired_once = true;
+            }
+            Err(_) => state.pause = state.backoff.next(),
+        }
+        Some((item, state))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,6 +148,39 @@ mod tests {
             "spec": spec,
         }))
         .expect("dynamic object")
+    }
+
+    fn error(code: u16) -> watcher::Error {
+        watcher::Error::WatchError(
+            kube::core::Status::failure("x", "Expired")
+                .with_code(code)
+                .boxed(),
+        )
+    }
+
+    /// Time to get the item after `errors`, through [`with_watch_backoff`].
+    async fn delay_after(errors: Vec<watcher::Error>) -> std::time::Duration {
+        let count = errors.len();
+        let items = errors.into_iter().map(Err).chain([Ok(Event::<()>::Init)]);
+        let mut stream = std::pin::pin!(with_watch_backoff(futures::stream::iter(items)));
+        for _ in 0..count {
+            assert!(stream.next().await.expect("an error").is_err());
+        }
+        let started = std::time::Instant::now();
+        assert!(stream.next().await.expect("the event").is_ok());
+        started.elapsed()
+    }
+
+    #[tokio::test]
+    async fn an_expired_resource_version_is_retried_at_once_but_only_once() {
+        // After an API server restart every watch gets 410 once: no pause.
+        assert!(delay_after(vec![error(410)]).await < std::time::Duration::from_millis(100));
+        // Any other error, or a second 410 in a row: the backoff's pause.
+        assert!(delay_after(vec![error(500)]).await >= std::time::Duration::from_millis(250));
+        assert!(
+            delay_after(vec![error(410), error(410)]).await
+                >= std::time::Duration::from_millis(250)
+        );
     }
 
     #[test]

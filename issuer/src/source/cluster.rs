@@ -12,10 +12,8 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject};
-use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
-use sigil_crds::backoff::WatchBackoff;
-use sigil_crds::watch::{Undecodable, guarded_watcher};
+use sigil_crds::watch::{Undecodable, guarded_watcher, with_watch_backoff};
 use sigil_crds::{OAuthClient, SigningKey};
 
 use crate::index::{ObjectKey, Store};
@@ -262,16 +260,17 @@ fn report_undecodable(metrics: Arc<Metrics>, resource: &'static str) -> impl Fn(
 }
 
 /// Feeds one watch into its index, with the capped backoff of
-/// [`WatchBackoff`] and the health bookkeeping of watch `slot`.
+/// [`with_watch_backoff`] and the health bookkeeping of watch `slot`.
 async fn feed<K, I>(
-    stream: impl Stream<Item = Result<Event<K>, watcher::Error>>,
+    stream: impl Stream<Item = Result<Event<K>, watcher::Error>> + Send + 'static,
     mut index: I,
     health: Arc<WatchStatus>,
     slot: usize,
 ) where
+    K: Send + 'static,
     I: Index<K>,
 {
-    let mut stream = std::pin::pin!(stream.backoff(WatchBackoff::default()));
+    let mut stream = std::pin::pin!(with_watch_backoff(stream));
     let mut listing: Vec<K> = Vec::new();
     while let Some(event) = stream.next().await {
         match event {
