@@ -28,7 +28,9 @@ fuzz_target!(|data: &[u8]| {
         Err(error) => {
             let text = &error.description;
             assert!(
-                text.len() <= 64 && text.starts_with("parameter ") && text.ends_with(" is repeated"),
+                text.len() <= 64
+                    && text.starts_with("parameter ")
+                    && text.ends_with(" is repeated"),
                 "unexpected error text {text:?}"
             );
             return;
@@ -42,7 +44,10 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     for audience in &form.audience {
-        assert!(!audience.is_empty() && !audience.contains(' '), "audience {audience:?}");
+        assert!(
+            !audience.is_empty() && !audience.contains(' '),
+            "audience {audience:?}"
+        );
         encoded.append_pair("audience", audience);
     }
     for resource in &form.resource {

@@ -21,7 +21,10 @@ fuzz_target!(|data: &[u8]| {
     }
     for client in &manifests.clients {
         assert!(client.metadata.namespace.is_some());
-        assert!(validate_oauth_client(client).is_ok(), "accepted an invalid client");
+        assert!(
+            validate_oauth_client(client).is_ok(),
+            "accepted an invalid client"
+        );
     }
     for key in &manifests.signing_keys {
         assert!(validate_signing_key(key).is_ok(), "accepted an invalid key");
