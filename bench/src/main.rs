@@ -12,6 +12,11 @@
 //! `1 / (1/sign + 1/http)`. Server and load generator each get their own
 //! runtime with `--server-threads` / `--client-threads` workers (default 1
 //! each, so the numbers are per server core).
+//!
+//! `sigil-bench timing` instead measures whether authentication failures
+//! can be told apart by their latency ([`timing`]).
+
+mod timing;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -39,6 +44,8 @@ use sigil_issuer::state::{App, Settings};
     about = "Benchmark the issuer's token endpoint against its floor"
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// OAuth clients loaded into the standalone issuer.
     #[arg(long, default_value_t = 10_000)]
     clients: usize,
@@ -64,6 +71,13 @@ struct Args {
         default_value = "ES256,EdDSA,RS256,PS256,ES384"
     )]
     algorithms: Vec<String>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Statistical timing test of the authentication failure paths: unknown
+    /// client vs wrong secret vs bad assertion, with a control.
+    Timing(timing::TimingArgs),
 }
 
 fn algorithm(name: &str) -> anyhow::Result<SigningAlgorithm> {
@@ -368,6 +382,9 @@ fn pipeline_rate(app: &App, shots: &[Shot], seconds: f64) -> anyhow::Result<f64>
 fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let args = Args::parse();
+    if let Some(Command::Timing(timing)) = args.command {
+        return timing::run(timing);
+    }
     let algorithms = args
         .algorithms
         .iter()

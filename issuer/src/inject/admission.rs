@@ -146,16 +146,25 @@ impl Outcome {
 }
 
 async fn admit_pod(State(state): State<Arc<AdmissionState>>, body: Bytes) -> Response {
-    let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(&body) {
+    match admit(&state, &body) {
+        Ok(review) => Json(review).into_response(),
+        Err(reason) => (StatusCode::BAD_REQUEST, reason).into_response(),
+    }
+}
+
+/// The webhook's answer to one request body, without HTTP: the
+/// AdmissionReview to send back (200), or why the body is not one (the text
+/// of a 400). Counts the outcome. Public so the fuzz target can drive it.
+pub fn admit(
+    state: &AdmissionState,
+    body: &[u8],
+) -> Result<AdmissionReview<DynamicObject>, String> {
+    let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
         Ok(review) => review,
         Err(error) => {
             tracing::warn!(%error, "webhook: unreadable AdmissionReview");
             count(&state.metrics, Outcome::Invalid);
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("not an AdmissionReview: {error}\n"),
-            )
-                .into_response();
+            return Err(format!("not an AdmissionReview: {error}\n"));
         }
     };
     let request: AdmissionRequest<DynamicObject> = match review.try_into() {
@@ -163,13 +172,14 @@ async fn admit_pod(State(state): State<Arc<AdmissionState>>, body: Bytes) -> Res
         Err(_) => {
             tracing::warn!("webhook: AdmissionReview without a request");
             count(&state.metrics, Outcome::Invalid);
-            let response = AdmissionResponse::invalid("AdmissionReview without a request");
-            return Json(response.into_review()).into_response();
+            return Ok(
+                AdmissionResponse::invalid("AdmissionReview without a request").into_review(),
+            );
         }
     };
-    let (response, outcome) = review_pod(&state, &request);
+    let (response, outcome) = review_pod(state, &request);
     count(&state.metrics, outcome);
-    Json(response.into_review()).into_response()
+    Ok(response.into_review())
 }
 
 fn count(metrics: &Metrics, outcome: Outcome) {
