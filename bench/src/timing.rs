@@ -173,13 +173,14 @@ fn issuer(
         "the private_key_jwt client did not load with its key"
     );
     let settings = Settings {
-        issuer_url: sigil_core::IssuerUrl::parse("http://127.0.0.1").expect("a valid URL"),
         token_typ: TokenTyp::AtJwt,
         // Lifted: a 429 would end the comparison before it starts.
         failed_auth_per_minute: std::num::NonZeroU32::MAX,
+        ..Settings::new(sigil_core::IssuerUrl::parse("http://127.0.0.1").expect("a valid URL"))
     };
     let app = Arc::new(App::new(store, Arc::new(Metrics::new()), &settings)?);
-    let audience = app.token_endpoint.clone();
+    // draft-ietf-oauth-rfc7523bis: an assertion's audience is the issuer.
+    let audience = app.issuer.clone();
     let forger = es256()?;
     let secret_body = Bytes::from_static(b"grant_type=client_credentials");
     let classes = vec![
