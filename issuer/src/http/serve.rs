@@ -281,6 +281,27 @@ struct Guarded {
 }
 
 impl Guarded {
+    /// Bookkeeping after a write of either kind: bytes written make the
+    /// connection active; a write that cannot proceed counts as idle (a
+    /// peer that does not read is idle too).
+    fn after_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match polled {
+            Poll::Ready(Ok(written)) => {
+                if written > 0 {
+                    self.read_since_write = false;
+                    self.active = Instant::now();
+                }
+                Poll::Ready(Ok(written))
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            Poll::Pending => self.poll_idle(cx).map(Err),
+        }
+    }
+
     /// Ready with an error once the connection is idle; otherwise arms the
     /// timer for the current deadline.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
@@ -346,18 +367,8 @@ impl AsyncWrite for Guarded {
         if this.timed_out {
             return Poll::Ready(Err(idle_error()));
         }
-        match Pin::new(&mut this.inner).poll_write(cx, buf) {
-            Poll::Ready(Ok(written)) => {
-                if written > 0 {
-                    this.read_since_write = false;
-                    this.active = Instant::now();
-                }
-                Poll::Ready(Ok(written))
-            }
-            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
-            // A peer that does not read is idle too.
-            Poll::Pending => this.poll_idle(cx).map(Err),
-        }
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.after_write(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -369,17 +380,8 @@ impl AsyncWrite for Guarded {
         if this.timed_out {
             return Poll::Ready(Err(idle_error()));
         }
-        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(written)) => {
-                if written > 0 {
-                    this.read_since_write = false;
-                    this.active = Instant::now();
-                }
-                Poll::Ready(Ok(written))
-            }
-            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
-            Poll::Pending => this.poll_idle(cx).map(Err),
-        }
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.after_write(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
