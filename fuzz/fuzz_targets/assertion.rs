@@ -67,10 +67,10 @@ static STORE: LazyLock<Arc<Store>> = LazyLock::new(|| {
 
 fn new_app() -> App {
     let settings = Settings {
-        issuer_url: sigil_core::IssuerUrl::parse("https://sigil.example").expect("url"),
         token_typ: TokenTyp::AtJwt,
         // Never rate-limit: every input must reach the assertion checks.
         failed_auth_per_minute: NonZeroU32::MAX,
+        ..Settings::new(sigil_core::IssuerUrl::parse("https://sigil.example").expect("url"))
     };
     App::new(STORE.clone(), Arc::new(Metrics::new()), &settings).expect("app")
 }
@@ -107,7 +107,7 @@ fuzz_target!(|data: &[u8]| {
             *runs = 0;
         }
         let now = sigil_issuer::http::token::unix_now();
-        let result = authenticate_request(app, &request, &app.token_endpoint, now);
+        let result = authenticate_request(app, &request, now);
         let error = result.expect_err("an assertion without a valid signature authenticated");
         assert_eq!(error.code, ErrorCode::InvalidClient, "{error:?}");
         // Fixed texts only: nothing from the assertion can reach the caller.
