@@ -32,8 +32,11 @@ for target in "${TARGETS[@]}"; do
   [ -f "fuzz/fuzz_targets/$target.rs" ] || { echo "unknown target $target (have: ${ALL_TARGETS[*]})" >&2; exit 2; }
 done
 
-if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
-  cargo install cargo-fuzz --locked
+# Pinned, like every other tool the project builds: the version this script
+# was tried with. Another installed version is replaced.
+CARGO_FUZZ_VERSION=0.13.2
+if [ "$(cargo +nightly fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
+  cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --force
 fi
 
 # One build of every target (debug assertions on, so overflows panic);
