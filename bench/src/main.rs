@@ -198,11 +198,7 @@ async fn load(
     for connection in 0..connections {
         let shots = shots.clone();
         tasks.push(tokio::spawn(async move {
-            let stream = tokio::net::TcpStream::connect(addr).await?;
-            stream.set_nodelay(true)?;
-            let (mut sender, driver) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-            tokio::spawn(driver);
+            let mut sender = connect(addr).await?;
             let mut pacing = rate.map(|r| {
                 // Connections tick evenly spread over one period, so the
                 // paced load arrives smoothly rather than in bursts.
@@ -222,19 +218,10 @@ async fn load(
                 }
                 let shot = &shots[next % shots.len()];
                 next += 1;
-                let mut request = hyper::Request::post(path)
-                    .header("host", "127.0.0.1")
-                    .header("content-type", "application/x-www-form-urlencoded");
-                if let Some(authorization) = &shot.authorization {
-                    request = request.header("authorization", authorization);
-                }
-                let request = request.body(Full::new(shot.body.clone()))?;
-                sender.ready().await?;
-                let sent = Instant::now();
-                let response = sender.send_request(request).await?;
-                let status = response.status();
-                response.into_body().collect().await?;
-                latencies.push(sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                let (status, elapsed) =
+                    timed_form_post(&mut sender, path, shot.authorization.as_deref(), &shot.body)
+                        .await?;
+                latencies.push(elapsed.as_micros().min(u128::from(u32::MAX)) as u32);
                 if status.is_success() {
                     ok += 1;
                 } else {
@@ -720,4 +707,39 @@ fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+/// A keep-alive HTTP/1.1 connection to `addr` (no Nagle delay), its driver
+/// running on the current runtime.
+pub(crate) async fn connect(
+    addr: SocketAddr,
+) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (sender, driver) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(driver);
+    Ok(sender)
+}
+
+/// One form POST over `sender`, timed from send to the end of the body as
+/// the client sees it.
+pub(crate) async fn timed_form_post(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    path: &str,
+    authorization: Option<&str>,
+    body: &Bytes,
+) -> anyhow::Result<(hyper::StatusCode, Duration)> {
+    let mut request = hyper::Request::post(path)
+        .header("host", "127.0.0.1")
+        .header("content-type", "application/x-www-form-urlencoded");
+    if let Some(authorization) = authorization {
+        request = request.header("authorization", authorization);
+    }
+    let request = request.body(Full::new(body.clone()))?;
+    sender.ready().await?;
+    let sent = Instant::now();
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    response.into_body().collect().await?;
+    Ok((status, sent.elapsed()))
 }

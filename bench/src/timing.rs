@@ -27,7 +27,6 @@ use anyhow::{Context, bail};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use sigil_core::keys::{ParsedKey, generate_pkcs8_der};
 use sigil_crds::SigningAlgorithm;
 use sigil_issuer::index::{Store, TokenTyp};
@@ -243,28 +242,18 @@ async fn measure(
     classes: &[Class],
     order: &[usize],
 ) -> anyhow::Result<(Vec<Vec<f64>>, Vec<u64>)> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (mut sender, driver) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::spawn(driver);
+    let mut sender = crate::connect(addr).await?;
     let mut latencies = vec![Vec::with_capacity(order.len() / classes.len() + 1); classes.len()];
     let mut unexpected = vec![0u64; classes.len()];
     for &index in order {
         let class = &classes[index];
-        let mut request = hyper::Request::post("/oauth2/token")
-            .header("host", "127.0.0.1")
-            .header("content-type", "application/x-www-form-urlencoded");
-        if let Some(authorization) = &class.authorization {
-            request = request.header("authorization", authorization);
-        }
-        let request = request.body(Full::new(class.body.clone()))?;
-        sender.ready().await?;
-        let sent = Instant::now();
-        let response = sender.send_request(request).await?;
-        let status = response.status();
-        response.into_body().collect().await?;
-        let elapsed = sent.elapsed();
+        let (status, elapsed) = crate::timed_form_post(
+            &mut sender,
+            "/oauth2/token",
+            class.authorization.as_deref(),
+            &class.body,
+        )
+        .await?;
         latencies[index].push(elapsed.as_nanos() as f64);
         let expected = if class.expect_ok { 200 } else { 401 };
         if status.as_u16() != expected {
