@@ -294,14 +294,7 @@ mod tests {
     fn state() -> AdmissionState {
         AdmissionState {
             directory: Arc::new(ClientDirectory::default()),
-            config: InjectionConfig {
-                issuer_url: "https://sigil.example".into(),
-                token_url: "https://sigil.example/oauth2/token".into(),
-                agent_image: "sigil-issuer:test".into(),
-                agent_image_pull_policy: None,
-                agent_resources: None,
-                agent_health_port: 8099,
-            },
+            config: crate::inject::mutate::tests::config(),
             metrics: Arc::new(Metrics::new()),
         }
     }

@@ -373,11 +373,12 @@ pub fn patch(original: &Pod, mutated: &Pod) -> Result<json_patch::Patch, serde_j
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
-    fn config() -> InjectionConfig {
+    /// The injection settings every webhook test uses.
+    pub(crate) fn config() -> InjectionConfig {
         InjectionConfig {
             issuer_url: "https://sigil.example".into(),
             token_url: "https://sigil.example/oauth2/token".into(),
