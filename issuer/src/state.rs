@@ -50,8 +50,6 @@ impl Settings {
 pub struct App {
     pub store: Arc<Store>,
     pub issuer: String,
-    pub token_endpoint: String,
-    pub introspection_endpoint: String,
     /// The path part of the issuer URL ("" or "/tenant"); endpoints live
     /// under it.
     pub base_path: String,
@@ -72,8 +70,6 @@ impl App {
         warm_up_dummy_keys();
         Ok(App {
             store,
-            token_endpoint: url.token_endpoint(),
-            introspection_endpoint: url.introspection_endpoint(),
             metadata: discovery::metadata_json(url),
             issuer: url.to_string(),
             base_path: url.path().to_owned(),
