@@ -5,6 +5,10 @@
 //! server-side apply, watches, RBAC, admission webhooks and owner-reference
 //! garbage collection.
 //!
+//! With [`Options::node`] it is a whole single-node cluster: kube-scheduler,
+//! containerd, kubelet, kube-proxy and CoreDNS join (see [`crate::node`]),
+//! and pods really run.
+//!
 //! Processes are started by one long-lived supervisor thread with
 //! `PR_SET_PDEATHSIG`, so they die with the process that started them even if
 //! it is killed; a normal exit (including after a failed test) stops them
@@ -24,6 +28,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::sync::OnceCell;
 
+use crate::node::{self, NodeLock, NodePaths};
 use crate::pki::{self, Pki};
 
 /// The admin identity's user name (group `system:masters`).
@@ -35,6 +40,11 @@ pub enum Component {
     Etcd,
     ApiServer,
     ControllerManager,
+    Scheduler,
+    Containerd,
+    CoreDns,
+    Kubelet,
+    KubeProxy,
 }
 
 impl Component {
@@ -43,6 +53,11 @@ impl Component {
             Component::Etcd => "etcd",
             Component::ApiServer => "kube-apiserver",
             Component::ControllerManager => "kube-controller-manager",
+            Component::Scheduler => "kube-scheduler",
+            Component::Containerd => "containerd",
+            Component::CoreDns => "coredns",
+            Component::Kubelet => "kubelet",
+            Component::KubeProxy => "kube-proxy",
         }
     }
 }
@@ -55,6 +70,12 @@ pub struct Options {
     pub dir: Option<PathBuf>,
     /// Fixed API server port (`None`: any free port).
     pub api_port: Option<u16>,
+    /// Also run the node (scheduler, containerd, kubelet, kube-proxy,
+    /// CoreDNS) so pods start; the API server then listens on the node
+    /// address instead of loopback, where pods can reach it.
+    pub node: bool,
+    /// Image archives (hack/images.sh) to import into the node's containerd.
+    pub images: Vec<PathBuf>,
 }
 
 pub struct ControlPlane {
@@ -66,6 +87,7 @@ pub struct ControlPlane {
     pki: Pki,
     commands: HashMap<Component, ProcessSpec>,
     supervisor: Supervisor,
+    node: Option<(NodePaths, NodeLock)>,
 }
 
 impl ControlPlane {
@@ -85,6 +107,19 @@ impl ControlPlane {
                 (dir, true)
             }
         };
+        // The node first: its lock says whether another one runs, and a
+        // killed predecessor's leftovers must go before anything starts.
+        let node = if options.node {
+            let paths = NodePaths::new(node::node_dir());
+            let lock = NodeLock::acquire(&paths)?;
+            for problem in node::cleanup(&paths) {
+                eprintln!("cleaning up a previous node: {problem}");
+            }
+            node::setup_host(&paths)?;
+            Some((paths, lock))
+        } else {
+            None
+        };
         for sub in ["etcd", "pki", "logs"] {
             std::fs::create_dir_all(dir.join(sub))
                 .with_context(|| format!("creating {}", dir.join(sub).display()))?;
@@ -92,7 +127,7 @@ impl ControlPlane {
         let pki_dir = dir.join("pki");
         let pki = Pki::new()?;
         std::fs::write(pki_dir.join("ca.crt"), &pki.ca_pem)?;
-        pki::write_pair(&pki_dir, "apiserver", &pki.serving_cert("kube-apiserver")?)?;
+        pki::write_pair(&pki_dir, "apiserver", &pki.api_server_cert()?)?;
         let (sa_key, sa_pub) = pki::service_account_key()?;
         pki::write_private(&pki_dir.join("sa.key"), &sa_key)?;
         std::fs::write(pki_dir.join("sa.pub"), sa_pub)?;
@@ -103,7 +138,12 @@ impl ControlPlane {
             Some(p) => p,
             None => free_port()?,
         };
-        let api_url = format!("https://127.0.0.1:{api_port}");
+        let api_ip = if node.is_some() {
+            node::NODE_IP
+        } else {
+            std::net::Ipv4Addr::LOCALHOST
+        };
+        let api_url = format!("https://{api_ip}:{api_port}");
 
         let mut commands = HashMap::new();
         let p = |f: &str| pki_dir.join(f).display().to_string();
@@ -121,27 +161,45 @@ impl ControlPlane {
                 "--log-level=warn".into(),
             ]),
         );
-        commands.insert(
-            Component::ApiServer,
-            ProcessSpec::new(bin.join("kube-apiserver"), &dir, "kube-apiserver").args([
+        let mut api_server = ProcessSpec::new(bin.join("kube-apiserver"), &dir, "kube-apiserver")
+            .args([
                 format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
+                format!("--bind-address={api_ip}"),
+                format!("--advertise-address={api_ip}"),
                 format!("--secure-port={api_port}"),
                 format!("--cert-dir={}", p("apiserver-certs")),
                 format!("--tls-cert-file={}", p("apiserver.crt")),
                 format!("--tls-private-key-file={}", p("apiserver.key")),
                 format!("--client-ca-file={}", p("ca.crt")),
-                "--authorization-mode=RBAC".into(),
+                format!(
+                    "--authorization-mode={}",
+                    if node.is_some() { "Node,RBAC" } else { "RBAC" }
+                ),
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
                 format!("--service-account-key-file={}", p("sa.pub")),
                 format!("--service-account-signing-key-file={}", p("sa.key")),
-                "--service-cluster-ip-range=10.96.0.0/16".into(),
+                format!("--service-cluster-ip-range={}", node::SERVICE_CIDR),
                 "--allow-privileged=true".into(),
                 "--profiling=false".into(),
                 "--v=0".into(),
-            ]),
-        );
+            ]);
+        if node.is_some() {
+            pki::write_pair(
+                &pki_dir,
+                "apiserver-kubelet-client",
+                &pki.client_cert("kube-apiserver-kubelet-client", &["system:masters"])?,
+            )?;
+            api_server = api_server.args([
+                "--enable-admission-plugins=NodeRestriction".into(),
+                format!(
+                    "--kubelet-client-certificate={}",
+                    p("apiserver-kubelet-client.crt")
+                ),
+                format!("--kubelet-client-key={}", p("apiserver-kubelet-client.key")),
+                "--kubelet-preferred-address-types=InternalIP".into(),
+            ]);
+        }
+        commands.insert(Component::ApiServer, api_server);
         let kcm_kubeconfig = dir.join("kube-controller-manager.kubeconfig");
         commands.insert(
             Component::ControllerManager,
@@ -166,6 +224,66 @@ impl ControlPlane {
             ]),
         );
 
+        // The node's processes, each with the least identity that works
+        // (CoreDNS excepted: no built-in role fits it, and it only reads).
+        let mut kubeconfigs: Vec<(PathBuf, &str, &[&str])> = Vec::new();
+        if let Some((paths, _)) = &node {
+            let kubeconfig = |name: &str| dir.join(format!("{name}.kubeconfig"));
+            commands.insert(
+                Component::Scheduler,
+                ProcessSpec::new(bin.join("kube-scheduler"), &dir, "kube-scheduler").args([
+                    format!("--kubeconfig={}", kubeconfig("kube-scheduler").display()),
+                    "--leader-elect=false".into(),
+                    "--secure-port=0".into(),
+                    "--v=0".into(),
+                ]),
+            );
+            kubeconfigs.push((kubeconfig("kube-scheduler"), "system:kube-scheduler", &[]));
+            commands.insert(
+                Component::Containerd,
+                ProcessSpec::new(PathBuf::from("containerd"), &dir, "containerd")
+                    .args([format!("--config={}", paths.containerd_config().display())]),
+            );
+            let kubelet_config = node::kubelet_config(paths, &pki_dir.join("ca.crt"));
+            node::write_if_changed(&paths.kubelet_config(), &kubelet_config)?;
+            commands.insert(
+                Component::Kubelet,
+                ProcessSpec::new(bin.join("kubelet"), &dir, "kubelet").args([
+                    format!("--config={}", paths.kubelet_config().display()),
+                    format!("--kubeconfig={}", kubeconfig("kubelet").display()),
+                    format!("--root-dir={}", paths.kubelet_root().display()),
+                    format!("--cert-dir={}", paths.dir.join("kubelet-pki").display()),
+                    format!("--hostname-override={}", node::NODE_NAME),
+                    format!("--node-ip={}", node::NODE_IP),
+                    "--v=0".into(),
+                ]),
+            );
+            kubeconfigs.push((
+                kubeconfig("kubelet"),
+                "system:node:sigil-node",
+                &["system:nodes"],
+            ));
+            node::write_if_changed(
+                &paths.kube_proxy_config(),
+                &node::kube_proxy_config(&kubeconfig("kube-proxy")),
+            )?;
+            commands.insert(
+                Component::KubeProxy,
+                ProcessSpec::new(bin.join("kube-proxy"), &dir, "kube-proxy").args([
+                    format!("--config={}", paths.kube_proxy_config().display()),
+                    "--v=0".into(),
+                ]),
+            );
+            kubeconfigs.push((kubeconfig("kube-proxy"), "system:kube-proxy", &[]));
+            node::write_if_changed(&paths.corefile(), &node::corefile(&kubeconfig("coredns")))?;
+            commands.insert(
+                Component::CoreDns,
+                ProcessSpec::new(bin.join("coredns"), &dir, "coredns")
+                    .args([format!("-conf={}", paths.corefile().display())]),
+            );
+            kubeconfigs.push((kubeconfig("coredns"), "sigil-coredns", &["system:masters"]));
+        }
+
         let cp = ControlPlane {
             bin,
             admin_kubeconfig: dir.join("admin.kubeconfig"),
@@ -175,6 +293,7 @@ impl ControlPlane {
             pki,
             commands,
             supervisor: Supervisor::spawn(),
+            node,
         };
         cp.write_kubeconfig(
             &cp.admin_kubeconfig.clone(),
@@ -193,7 +312,63 @@ impl ControlPlane {
         cp.start_component(Component::ApiServer)?;
         cp.wait_ready(Duration::from_secs(60)).await?;
         cp.start_component(Component::ControllerManager)?;
+        for (path, user, groups) in &kubeconfigs {
+            cp.write_kubeconfig(path, user, groups)?;
+        }
+        if let Some((paths, _)) = &cp.node {
+            cp.start_component(Component::Scheduler)?;
+            cp.start_component(Component::Containerd)?;
+            node::wait_containerd(paths, Duration::from_secs(30))?;
+            node::import_images(paths, &options.images)?;
+            cp.start_component(Component::CoreDns)?;
+            cp.start_component(Component::Kubelet)?;
+            cp.start_component(Component::KubeProxy)?;
+            cp.wait_node_ready(Duration::from_secs(120)).await?;
+        }
         Ok(cp)
+    }
+
+    /// Waits until the node reports `Ready`.
+    pub async fn wait_node_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        use k8s_openapi::api::core::v1::Node;
+        let nodes: Api<Node> = Api::all(self.client().await?);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ready = nodes
+                .get_opt(node::NODE_NAME)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|n| {
+                    n.status
+                        .and_then(|s| s.conditions)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+                });
+            if ready {
+                return Ok(());
+            }
+            if let Some(exit) = self.supervisor.exited()? {
+                bail!(
+                    "{exit} while waiting for the node; see the logs in {}",
+                    self.dir.join("logs").display()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "node {} not Ready after {timeout:?}; logs in {}",
+                    node::NODE_NAME,
+                    self.dir.join("logs").display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// The running node's paths (containerd socket, kubelet root, ...).
+    pub fn node_paths(&self) -> Option<&NodePaths> {
+        self.node.as_ref().map(|(paths, _)| paths)
     }
 
     pub fn api_url(&self) -> &str {
@@ -217,6 +392,47 @@ impl ControlPlane {
     /// The admin (system:masters) kubeconfig file.
     pub fn kubeconfig(&self) -> &Path {
         &self.admin_kubeconfig
+    }
+
+    /// `kubectl` as the admin.
+    pub fn kubectl_command(&self) -> Command {
+        let mut cmd = Command::new(self.kubectl());
+        cmd.env("KUBECONFIG", self.kubeconfig())
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// `helm` as the admin, with its caches and config kept inside the
+    /// control plane's directory.
+    pub fn helm_command(&self) -> Command {
+        let home = self.dir.join("helm");
+        let mut cmd = Command::new(self.helm());
+        cmd.env("KUBECONFIG", self.kubeconfig())
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_DATA_HOME", home.join("data"))
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn run_kubectl<S: AsRef<std::ffi::OsStr>>(
+        &self,
+        args: &[S],
+    ) -> anyhow::Result<std::process::Output> {
+        self.kubectl_command()
+            .args(args)
+            .output()
+            .context("running kubectl")
+    }
+
+    pub fn run_helm<S: AsRef<std::ffi::OsStr>>(
+        &self,
+        args: &[S],
+    ) -> anyhow::Result<std::process::Output> {
+        self.helm_command()
+            .args(args)
+            .output()
+            .context("running helm")
     }
 
     /// The CA that signed the API server's certificate, PEM.
@@ -319,6 +535,11 @@ impl ControlPlane {
     /// Stops every component and removes the directory we created.
     pub fn stop(&self) {
         let _ = self.supervisor.call(SupervisorCommand::StopAll);
+        if let Some((paths, _)) = &self.node {
+            for problem in node::cleanup(paths) {
+                eprintln!("cleaning up the node: {problem}");
+            }
+        }
         if self.remove_dir && std::env::var_os("SIGIL_KEEP_CONTROL_PLANE").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
@@ -417,21 +638,16 @@ impl TestCluster {
     /// Runs the control plane's `kubectl` as the admin; panics if it cannot
     /// start. Returns (success, stdout, stderr).
     pub fn kubectl(&self, args: &[&str]) -> CommandOutput {
-        let mut cmd = Command::new(self.control_plane.kubectl());
-        cmd.args(args).env("KUBECONFIG", self.kubeconfig());
+        let mut cmd = self.control_plane.kubectl_command();
+        cmd.args(args);
         CommandOutput::run(cmd)
     }
 
     /// Runs the control plane's `helm` as the admin, with its caches and
     /// config kept inside the control plane's directory.
     pub fn helm(&self, args: &[&str]) -> CommandOutput {
-        let home = self.control_plane.dir().join("helm");
-        let mut cmd = Command::new(self.control_plane.helm());
-        cmd.args(args)
-            .env("KUBECONFIG", self.kubeconfig())
-            .env("HELM_CACHE_HOME", home.join("cache"))
-            .env("HELM_CONFIG_HOME", home.join("config"))
-            .env("HELM_DATA_HOME", home.join("data"));
+        let mut cmd = self.control_plane.helm_command();
+        cmd.args(args);
         CommandOutput::run(cmd)
     }
 
@@ -674,7 +890,7 @@ fn supervise(rx: mpsc::Receiver<(SupervisorCommand, Reply)>) {
                 Ok(None)
             }
             SupervisorCommand::StopAll => {
-                // Reverse start order: controller-manager, apiserver, etcd.
+                // Reverse start order: the node first, etcd last.
                 while let Some((_, child)) = children.pop() {
                     terminate(child);
                 }

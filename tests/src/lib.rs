@@ -3,6 +3,8 @@
 //! ships may depend on this crate.
 
 pub mod cluster;
+pub mod install;
+pub mod node;
 pub mod pki;
 pub mod processes;
 pub mod soak;

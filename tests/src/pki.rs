@@ -61,6 +61,30 @@ impl Pki {
         self.sign(params)
     }
 
+    /// The API server's serving certificate: loopback, the node address and
+    /// the `kubernetes` Service's ClusterIP and names (pods call it there).
+    pub fn api_server_cert(&self) -> anyhow::Result<CertPair> {
+        let mut names = vec!["localhost".to_owned(), "kubernetes".to_owned()];
+        for suffix in ["default", "default.svc", "default.svc.cluster.local"] {
+            names.push(format!("kubernetes.{suffix}"));
+        }
+        let mut params = CertificateParams::new(names)?;
+        for ip in [
+            Ipv4Addr::LOCALHOST,
+            crate::node::NODE_IP,
+            crate::node::KUBERNETES_SERVICE_IP,
+        ] {
+            params
+                .subject_alt_names
+                .push(SanType::IpAddress(IpAddr::V4(ip)));
+        }
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "kube-apiserver");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.sign(params)
+    }
+
     /// Client certificate: the API server takes the user name from CN and the
     /// groups from O.
     pub fn client_cert(&self, user: &str, groups: &[&str]) -> anyhow::Result<CertPair> {
