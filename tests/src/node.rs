@@ -358,7 +358,7 @@ pub fn setup_host(paths: &NodePaths) -> anyhow::Result<()> {
         args.extend_from_slice(&keep_inside);
         run("iptables", &args)?;
     }
-    for hierarchy in cgroup_v1_hierarchies() {
+    for hierarchy in cgroup_hierarchies() {
         let dir = hierarchy.join(CGROUP_ROOT);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -465,7 +465,7 @@ pub fn leftovers(paths: &NodePaths) -> Vec<String> {
     for (table, chain) in kube_chains() {
         found.push(format!("iptables -t {table} chain {chain}"));
     }
-    for hierarchy in cgroup_v1_hierarchies() {
+    for hierarchy in cgroup_hierarchies() {
         if hierarchy.join(CGROUP_ROOT).exists() {
             found.push(format!("cgroup {}", hierarchy.join(CGROUP_ROOT).display()));
         }
@@ -501,7 +501,7 @@ fn pids_matching(pred: impl Fn(&str) -> bool) -> Vec<libc::pid_t> {
         .collect()
 }
 
-fn cgroup_v1_hierarchies() -> Vec<PathBuf> {
+fn cgroup_hierarchies() -> Vec<PathBuf> {
     let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
         return Vec::new();
     };
@@ -510,7 +510,7 @@ fn cgroup_v1_hierarchies() -> Vec<PathBuf> {
         .filter_map(|line| {
             let mut fields = line.split(' ');
             let (_, point, fstype) = (fields.next()?, fields.next()?, fields.next()?);
-            (fstype == "cgroup").then(|| PathBuf::from(point))
+            (fstype == "cgroup" || fstype == "cgroup2").then(|| PathBuf::from(point))
         })
         .collect()
 }
@@ -528,7 +528,7 @@ fn node_cgroups() -> Vec<PathBuf> {
         out.push(dir.to_path_buf());
     }
     let mut out = Vec::new();
-    for hierarchy in cgroup_v1_hierarchies() {
+    for hierarchy in cgroup_hierarchies() {
         let root = hierarchy.join(CGROUP_ROOT);
         if root.exists() {
             walk(&root, &mut out);
