@@ -57,6 +57,12 @@ pub struct TokenArgs {
     /// `ca.crt` in the credentials folder if present, else the system roots.
     #[arg(long, env = "SIGIL_CA_FILE")]
     pub ca_file: Option<PathBuf>,
+
+    /// Print only that a token was issued (client id and lifetime), never
+    /// the token: for checks whose output lands in logs (`helm test`).
+    /// `issuer agent` ignores it.
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// `issuer agent`: keep a fresh token on disk.
@@ -261,7 +267,8 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// `issuer token`: one token on stdout.
+/// `issuer token`: one token on stdout (with `--check`, only that one was
+/// issued).
 pub async fn print_token(args: TokenArgs) -> Result<(), AgentError> {
     let (credentials, _) = credentials::read(&args.credentials_dir, args.ca_file.as_deref())?;
     let http = http_client(credentials.ca_pem.as_deref())?;
@@ -272,7 +279,21 @@ pub async fn print_token(args: TokenArgs) -> Result<(), AgentError> {
         args.scope.as_deref(),
     )
     .await?;
-    println!("{}", token.access_token);
+    if args.check {
+        let lifetime = token
+            .validity
+            .expires_at
+            .duration_since(token.validity.obtained_at)
+            .unwrap_or_default();
+        println!(
+            "got a token for {} from {}, valid for {} s",
+            credentials.client_id,
+            credentials.token_url,
+            lifetime.as_secs()
+        );
+    } else {
+        println!("{}", token.access_token);
+    }
     Ok(())
 }
 
