@@ -1,11 +1,17 @@
 //! `sigil-dev`: runs the whole of Sigil locally, for trying it out.
 //!
-//! Starts a real control plane (etcd, kube-apiserver, kube-controller-manager
-//! — the same ones the tests use), installs the CRDs, runs the operator and
-//! the issuer as local processes against it, applies the Task Service
-//! example, fetches a token with the credentials the operator wrote, and
-//! calls the example Calendar Service with it. Then it stays in the
-//! foreground until Ctrl-C and stops everything.
+//! Starts a single-node cluster on this machine (the same one the pod tests
+//! use: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+//! containerd, kubelet, kube-proxy, CoreDNS), imports the images
+//! `hack/images.sh` built, installs Sigil with `helm install`, and runs the
+//! example: the Calendar Service and the Task Service as Deployments, the
+//! Task Service calling the Calendar Service with the token its injected
+//! sidecar keeps fresh. It prints the 200 the Task Service got, runs `helm
+//! test`, then stays in the foreground until Ctrl-C (or SIGTERM) and stops
+//! everything.
+//!
+//! `--soak` instead runs the operator and issuer as local processes against
+//! an API-server-only control plane and loads them (see `soak`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -17,6 +23,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use sigil_crds::OAuthClient;
 use sigil_tests::cluster::{ControlPlane, Options, workspace_root};
+use sigil_tests::install;
 use sigil_tests::processes::{Process, free_addr};
 
 #[derive(Parser, Debug)]
@@ -36,6 +43,9 @@ struct Args {
     /// Calendar Service (example resource server) port.
     #[arg(long, env = "SIGIL_DEV_CALENDAR_PORT", default_value_t = 18090)]
     calendar_port: u16,
+    /// Image archives to import (default: run hack/images.sh).
+    #[arg(long, env = "SIGIL_IMAGES_DIR")]
+    images_dir: Option<PathBuf>,
     /// Stop after the demo instead of waiting for Ctrl-C.
     #[arg(long)]
     exit: bool,
@@ -76,6 +86,9 @@ async fn main() -> anyhow::Result<()> {
         std::fs::remove_dir_all(&dir).with_context(|| format!("wiping {}", dir.display()))?;
     }
     let logs = dir.join("logs");
+    if args.soak.is_none() {
+        return run_pods(&args, dir).await;
+    }
 
     step(
         1,
@@ -84,6 +97,7 @@ async fn main() -> anyhow::Result<()> {
     let control_plane = ControlPlane::start(Options {
         dir: Some(dir.clone()),
         api_port: Some(args.api_port),
+        ..Options::default()
     })
     .await?;
     let result = run(&args, &control_plane, &logs).await;
@@ -107,6 +121,129 @@ async fn main() -> anyhow::Result<()> {
             Err(e.context(format!("logs are in {}", logs.display())))
         }
     }
+}
+
+const POD_STEPS: u32 = 6;
+
+fn pod_step(n: u32, what: &str) {
+    println!("[{n}/{POD_STEPS}] {what}");
+}
+
+/// The default: Sigil and the example as pods on a local node.
+async fn run_pods(args: &Args, dir: PathBuf) -> anyhow::Result<()> {
+    pod_step(1, "image archives (hack/images.sh)");
+    if let Some(images) = &args.images_dir {
+        // SAFETY: single-threaded here, before anything reads the variable.
+        unsafe { std::env::set_var("SIGIL_IMAGES_DIR", images) };
+    }
+    let images = install::image_archives()?;
+    pod_step(
+        2,
+        "starting the cluster: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, containerd, kubelet, kube-proxy, CoreDNS",
+    );
+    let started = Instant::now();
+    let cp = ControlPlane::start(Options {
+        dir: Some(dir.clone()),
+        api_port: Some(args.api_port),
+        node: true,
+        images,
+    })
+    .await?;
+    println!(
+        "      node Ready in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let outcome = demo_in_pods(&cp).await;
+    match outcome {
+        Ok(()) => {
+            println!();
+            println!("Sigil is running in pods. In another terminal:");
+            println!("  export KUBECONFIG={}", cp.kubeconfig().display());
+            println!("  alias kubectl={}", cp.kubectl().display());
+            println!("  kubectl get pods -A; kubectl get oauthclients,signingkeys -A");
+            println!("  kubectl logs -n tasks deploy/task-service -c app -f");
+            println!(
+                "Logs: {}. Press Ctrl-C to stop.",
+                dir.join("logs").display()
+            );
+            if !args.exit {
+                wait_for_shutdown().await;
+            }
+            println!("stopping...");
+            cp.stop();
+            Ok(())
+        }
+        Err(e) => {
+            cp.stop();
+            Err(e.context(format!(
+                "logs are in {} (pods: {}/pod-logs)",
+                dir.join("logs").display(),
+                sigil_tests::node::node_dir().display()
+            )))
+        }
+    }
+}
+
+async fn demo_in_pods(cp: &ControlPlane) -> anyhow::Result<()> {
+    pod_step(
+        3,
+        "helm install sigil charts/sigil (operator and issuer pods, webhook, default SigningKey)",
+    );
+    let started = Instant::now();
+    install::helm_install(cp, &[])?;
+    println!(
+        "      installed and available in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    pod_step(
+        4,
+        "applying examples/calendar-service.yaml and examples/task-service.yaml in namespace tasks",
+    );
+    let out = cp.run_kubectl(&["create", "namespace", EXAMPLE_NAMESPACE])?;
+    if !out.status.success() {
+        bail!(
+            "creating namespace {EXAMPLE_NAMESPACE}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    install::publish_ca(cp, EXAMPLE_NAMESPACE).await?;
+    let examples = workspace_root().join("examples");
+    install::kubectl_apply(
+        cp,
+        EXAMPLE_NAMESPACE,
+        &[
+            examples.join("calendar-service.yaml"),
+            examples.join("task-service.yaml"),
+        ],
+    )?;
+
+    pod_step(
+        5,
+        "waiting for the Task Service pod to call the Calendar Service pod with its token",
+    );
+    let log = install::wait_for_log(
+        cp,
+        EXAMPLE_NAMESPACE,
+        "app=task-service",
+        "app",
+        Duration::from_secs(180),
+        |log| log.contains(" 200 "),
+    )
+    .await?;
+    for line in log.lines().filter(|l| !l.trim().is_empty()).take(4) {
+        println!("      task-service: {}", line.trim());
+    }
+
+    pod_step(6, "helm test sigil");
+    let text = install::helm_test(cp)?;
+    for line in text
+        .lines()
+        .filter(|l| l.contains("got a token") || l.contains("Phase"))
+    {
+        println!("      {}", line.trim());
+    }
+    Ok(())
 }
 
 async fn run(args: &Args, cp: &ControlPlane, logs: &Path) -> anyhow::Result<Vec<Process>> {

@@ -1,0 +1,530 @@
+//! Sigil as its users run it: installed by `helm install` from its images
+//! onto a real node (containerd, kubelet, kube-proxy, CoreDNS), serving
+//! real pods. One node and one installation for the whole binary; each test
+//! works in its own namespace.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Event, Pod, Secret};
+use kube::api::{Api, DeleteParams, ListParams};
+use serde_json::{Value, json};
+use sigil_tests::cluster::{ControlPlane, Options, workspace_root};
+use sigil_tests::{eventually, install};
+use tokio::sync::OnceCell;
+
+/// The node, with Sigil installed and Ready.
+struct Installed {
+    cp: ControlPlane,
+}
+
+static INSTALLED: OnceCell<Installed> = OnceCell::const_new();
+
+async fn sigil() -> &'static Installed {
+    INSTALLED
+        .get_or_init(|| async {
+            let started = Instant::now();
+            let images = install::image_archives().expect("building the image archives");
+            let cp = ControlPlane::start(Options {
+                node: true,
+                images,
+                ..Options::default()
+            })
+            .await
+            .expect("starting the local node");
+            register_exit_cleanup();
+            eprintln!("node Ready in {:.1}s", started.elapsed().as_secs_f64());
+            install::helm_install(&cp, &[]).expect("helm install");
+            eprintln!(
+                "Sigil installed and available after {:.1}s",
+                started.elapsed().as_secs_f64()
+            );
+            Installed { cp }
+        })
+        .await
+}
+
+fn register_exit_cleanup() {
+    extern "C" fn stop() {
+        if let Some(installed) = INSTALLED.get() {
+            installed.cp.stop();
+        }
+    }
+    // SAFETY: registers a plain extern "C" function with no captured state.
+    unsafe {
+        libc::atexit(stop);
+    }
+}
+
+impl Installed {
+    async fn client(&self) -> kube::Client {
+        self.cp.client().await.expect("admin client")
+    }
+
+    async fn namespace(&self, prefix: &str) -> String {
+        let name = format!("{prefix}-{:08x}", rand::random::<u32>());
+        self.kubectl(&["create", "namespace", &name]);
+        // Pods need the namespace's default ServiceAccount.
+        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(self.client().await, &name);
+        eventually(
+            Duration::from_secs(30),
+            "the default ServiceAccount",
+            || {
+                let accounts = accounts.clone();
+                async move { accounts.get_opt("default").await.ok().flatten() }
+            },
+        )
+        .await;
+        name
+    }
+
+    fn kubectl(&self, args: &[&str]) -> String {
+        let out = self.cp.run_kubectl(args).expect("running kubectl");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Applies JSON manifests in `namespace`.
+    fn apply(&self, namespace: &str, objects: &[Value]) {
+        let path = self
+            .cp
+            .dir()
+            .join(format!("apply-{:08x}.json", rand::random::<u32>()));
+        let list = json!({"apiVersion": "v1", "kind": "List", "items": objects});
+        std::fs::write(&path, list.to_string()).expect("writing the manifest");
+        self.kubectl(&["apply", "-n", namespace, "-f", &path.display().to_string()]);
+    }
+
+    /// `kubectl exec` in a container; stdout.
+    fn exec(&self, namespace: &str, pod: &str, container: &str, command: &[&str]) -> String {
+        let mut args = vec!["exec", "-n", namespace, pod, "-c", container, "--"];
+        args.extend_from_slice(command);
+        self.kubectl(&args)
+    }
+
+    async fn running_pod(&self, namespace: &str, selector: &str) -> String {
+        let pods: Api<Pod> = Api::namespaced(self.client().await, namespace);
+        eventually(
+            Duration::from_secs(120),
+            &format!("a running, ready pod {selector} in {namespace}"),
+            || {
+                let pods = pods.clone();
+                async move {
+                    let list = pods
+                        .list(&ListParams::default().labels(selector))
+                        .await
+                        .ok()?;
+                    list.items.into_iter().find_map(|p| {
+                        let status = p.status.as_ref()?;
+                        let ready = status
+                            .conditions
+                            .as_ref()?
+                            .iter()
+                            .any(|c| c.type_ == "Ready" && c.status == "True");
+                        (ready && p.metadata.deletion_timestamp.is_none())
+                            .then(|| p.metadata.name.clone())
+                            .flatten()
+                    })
+                }
+            },
+        )
+        .await
+    }
+}
+
+fn oauth_client(name: &str, spec: Value) -> Value {
+    let mut spec_obj = json!({"scopes": ["demo.read"], "audiences": ["demo"]});
+    if let (Some(base), Some(extra)) = (spec_obj.as_object_mut(), spec.as_object()) {
+        for (k, v) in extra {
+            base.insert(k.clone(), v.clone());
+        }
+    }
+    json!({
+        "apiVersion": "sigil.dev/v1alpha1",
+        "kind": "OAuthClient",
+        "metadata": {"name": name},
+        "spec": spec_obj,
+    })
+}
+
+/// A restricted busybox container running `script`.
+fn busybox(name: &str, script: &str, uid: u32) -> Value {
+    json!({
+        "name": name,
+        "image": install::image("busybox"),
+        "imagePullPolicy": "Never",
+        "command": ["sh", "-c", script],
+        "securityContext": {
+            "runAsNonRoot": true, "runAsUser": uid, "runAsGroup": uid,
+            "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"}
+        }
+    })
+}
+
+fn deployment(name: &str, annotations: Value, container: Value) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}, "annotations": annotations},
+                "spec": {"containers": [container], "terminationGracePeriodSeconds": 1}
+            }
+        }
+    })
+}
+
+async fn wait_client_ready(installed: &Installed, namespace: &str, name: &str) {
+    let clients: Api<sigil_crds::OAuthClient> =
+        Api::namespaced(installed.client().await, namespace);
+    eventually(
+        Duration::from_secs(60),
+        &format!("OAuthClient {namespace}/{name} Ready"),
+        || {
+            let clients = clients.clone();
+            async move {
+                let client = clients.get_opt(name).await.ok().flatten()?;
+                client
+                    .status?
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == sigil_crds::CONDITION_READY && c.status == "True")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+/// The issuer's JWKS, fetched from the issuer's Service the way a resource
+/// server in the cluster would (TLS verified against the chart's CA).
+async fn issuer_jwks(installed: &Installed) -> jsonwebtoken::jwk::JwkSet {
+    let client = installed.client().await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), install::SIGIL_NAMESPACE);
+    let tls = secrets.get("sigil-issuer-tls").await.expect("TLS Secret");
+    let ca = tls.data.expect("TLS data")["ca.crt"].0.clone();
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(client, install::SIGIL_NAMESPACE);
+    let service = services.get("sigil-issuer").await.expect("issuer Service");
+    let cluster_ip: std::net::IpAddr = service
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .expect("ClusterIP")
+        .parse()
+        .expect("ClusterIP address");
+    let certs = reqwest::Certificate::from_pem_bundle(&ca).expect("CA bundle");
+    let http = reqwest::Client::builder()
+        .tls_certs_only(certs)
+        .resolve(
+            "sigil-issuer.sigil-system.svc",
+            std::net::SocketAddr::new(cluster_ip, 443),
+        )
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("HTTP client");
+    http.get(format!("{}/.well-known/jwks.json", install::ISSUER_URL))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .expect("fetching the JWKS through the issuer's Service")
+        .json()
+        .await
+        .expect("JWKS JSON")
+}
+
+/// Verifies a token's signature and claims against the issuer's JWKS.
+fn verify(jwks: &jsonwebtoken::jwk::JwkSet, token: &str, client_id: &str, audience: &str) {
+    let header = jsonwebtoken::decode_header(token).expect("JWT header");
+    let kid = header.kid.expect("kid");
+    let jwk = jwks.find(&kid).expect("the token's kid is in the JWKS");
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).expect("JWK");
+    let mut validation = jsonwebtoken::Validation::new(header.alg);
+    validation.set_issuer(&[install::ISSUER_URL]);
+    validation.set_audience(&[audience]);
+    let data = jsonwebtoken::decode::<Value>(token, &key, &validation).expect("a valid token");
+    assert_eq!(data.claims["client_id"], client_id);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_task_service_calls_the_calendar_service_with_its_sidecars_token() {
+    let sigil = sigil().await;
+    let ns = sigil.namespace("example").await;
+    install::publish_ca(&sigil.cp, &ns)
+        .await
+        .expect("CA ConfigMap");
+    let examples = workspace_root().join("examples");
+    install::kubectl_apply(
+        &sigil.cp,
+        &ns,
+        &[
+            examples.join("calendar-service.yaml"),
+            examples.join("task-service.yaml"),
+        ],
+    )
+    .expect("applying the example");
+    let log = install::wait_for_log(
+        &sigil.cp,
+        &ns,
+        "app=task-service",
+        "app",
+        Duration::from_secs(180),
+        |log| log.contains(" 200 "),
+    )
+    .await
+    .expect("the Task Service got a 200");
+    assert!(!log.contains(" 401 ") && !log.contains(" 403 "), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn helm_test_gets_a_token_in_a_pod() {
+    let sigil = sigil().await;
+    let out = install::helm_test(&sigil.cp).expect("helm test");
+    assert!(out.contains("got a token for"), "{out}");
+    // The test pod prints that it got a token, never the token.
+    assert!(!out.contains("eyJ"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_non_root_app_reads_its_credentials_and_the_sidecar_keeps_the_token_fresh() {
+    let sigil = sigil().await;
+    let ns = sigil.namespace("fresh").await;
+    sigil.apply(
+        &ns,
+        &[
+            oauth_client("reader", json!({"tokenTTL": "1m"})),
+            deployment(
+                "reader",
+                json!({"sigil.dev/client": "reader", "sigil.dev/token": "true"}),
+                busybox(
+                    "app",
+                    "id -u; cat \"$SIGIL_CREDENTIALS_DIR/client_id\"; echo; sleep 100000",
+                    4242,
+                ),
+            ),
+        ],
+    );
+    wait_client_ready(sigil, &ns, "reader").await;
+    let pod = sigil.running_pod(&ns, "app=reader").await;
+    let client_id = format!("reader.{ns}");
+    let log = install::pod_log(&sigil.cp, &ns, "app=reader", "app")
+        .await
+        .expect("app log");
+    assert!(log.starts_with("4242\n"), "not running as uid 4242: {log}");
+    assert!(log.contains(&client_id), "client_id not readable: {log}");
+
+    // kubelet-style renewal at 80% of the 60 s lifetime: watch three
+    // distinct tokens appear in the file, and verify each.
+    let dir = "/var/run/secrets/sigil.dev/reader";
+    let mut seen = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(150);
+    while seen.len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "saw only {} distinct tokens in 150 s",
+            seen.len()
+        );
+        let token = sigil.exec(&ns, &pod, "app", &["cat", &format!("{dir}/token")]);
+        let token = token.trim().to_owned();
+        if !token.is_empty() && !seen.contains(&token) {
+            let jwks = issuer_jwks(sigil).await;
+            verify(&jwks, &token, &client_id, "demo");
+            seen.insert(token);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_with_the_token_sidecar_completes() {
+    let sigil = sigil().await;
+    let ns = sigil.namespace("job").await;
+    let job = json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "once"},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "metadata": {"annotations": {"sigil.dev/client": "once", "sigil.dev/token": "true"}},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [busybox("work", "test -s \"$SIGIL_CREDENTIALS_DIR/token\" && echo done", 4242)]
+                }
+            }
+        }
+    });
+    sigil.apply(&ns, &[oauth_client("once", json!({})), job]);
+    let jobs: Api<Job> = Api::namespaced(sigil.client().await, &ns);
+    eventually(Duration::from_secs(120), "the Job to complete", || {
+        let jobs = jobs.clone();
+        async move {
+            let status = jobs.get("once").await.ok()?.status?;
+            assert_eq!(status.failed.unwrap_or(0), 0, "the Job failed: {status:?}");
+            (status.succeeded.unwrap_or(0) == 1).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_naming_a_missing_client_is_refused_and_its_replicaset_says_which() {
+    let sigil = sigil().await;
+    let ns = sigil.namespace("missing").await;
+    sigil.apply(
+        &ns,
+        &[deployment(
+            "lost",
+            json!({"sigil.dev/client": "no-such-client"}),
+            busybox("app", "sleep 100000", 4242),
+        )],
+    );
+    let events: Api<Event> = Api::namespaced(sigil.client().await, &ns);
+    let message = eventually(
+        Duration::from_secs(60),
+        "a FailedCreate event on the ReplicaSet",
+        || {
+            let events = events.clone();
+            async move {
+                let list = events.list(&ListParams::default()).await.ok()?;
+                list.items.into_iter().find_map(|e| {
+                    (e.involved_object.kind.as_deref() == Some("ReplicaSet")
+                        && e.reason.as_deref() == Some("FailedCreate"))
+                    .then(|| e.message.unwrap_or_default())
+                })
+            }
+        },
+    )
+    .await;
+    assert!(message.contains("no-such-client"), "{message}");
+    let pods: Api<Pod> = Api::namespaced(sigil.client().await, &ns);
+    assert!(
+        pods.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
+
+/// Every Sigil container, as the kernel sees it: not root, no capabilities,
+/// no privilege escalation, a read-only root filesystem.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_sigil_process_runs_restricted() {
+    let sigil = sigil().await;
+    // The agent sidecar of another test's pod counts too, when one runs.
+    let mut checked = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let program =
+            String::from_utf8_lossy(cmdline.split(|b| *b == 0).next().unwrap_or_default())
+                .into_owned();
+        if program != "/usr/local/bin/issuer" && program != "/usr/local/bin/operator" {
+            continue;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}:")))
+                .map(|v| v.split_whitespace().collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        assert!(
+            field("Uid").iter().all(|u| *u == "65532"),
+            "{program} {pid}: {:?}",
+            field("Uid")
+        );
+        assert!(
+            field("Gid").iter().all(|g| *g == "65532"),
+            "{program} {pid}: {:?}",
+            field("Gid")
+        );
+        for caps in ["CapEff", "CapPrm", "CapBnd"] {
+            assert_eq!(
+                field(caps),
+                vec!["0000000000000000"],
+                "{program} {pid} {caps}"
+            );
+        }
+        assert_eq!(field("NoNewPrivs"), vec!["1"], "{program} {pid}");
+        let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+        let root = mounts
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some("/"))
+            .expect("a root mount");
+        let options = root.split(' ').nth(5).unwrap_or_default();
+        assert!(
+            options.split(',').any(|o| o == "ro"),
+            "{program} {pid}: root mounted {options}"
+        );
+        checked += 1;
+    }
+    // Two operators and two issuers at least.
+    assert!(checked >= 4, "found only {checked} Sigil processes");
+    let _ = sigil;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_standby_operator_takes_over_when_the_leader_is_killed() {
+    let sigil = sigil().await;
+    let client = sigil.client().await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), install::SIGIL_NAMESPACE);
+    let leader = eventually(Duration::from_secs(60), "an operator leader", || {
+        let leases = leases.clone();
+        async move {
+            leases
+                .get_opt("sigil-operator")
+                .await
+                .ok()
+                .flatten()?
+                .spec?
+                .holder_identity
+        }
+    })
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client, install::SIGIL_NAMESPACE);
+    let operators = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/component=operator"))
+        .await
+        .unwrap();
+    let leading = operators
+        .items
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .find(|name| leader.contains(name.as_str()))
+        .unwrap_or_else(|| panic!("no operator pod named in the Lease holder {leader}"));
+    pods.delete(&leading, &DeleteParams::default().grace_period(0))
+        .await
+        .expect("killing the leading operator");
+    let killed_at = Instant::now();
+
+    // A new client gets its Secret from the standby.
+    let ns = sigil.namespace("handover").await;
+    sigil.apply(&ns, &[oauth_client("after", json!({}))]);
+    wait_client_ready(sigil, &ns, "after").await;
+    let taken_over = killed_at.elapsed();
+    let holder = leases
+        .get("sigil-operator")
+        .await
+        .unwrap()
+        .spec
+        .and_then(|s| s.holder_identity)
+        .unwrap_or_default();
+    assert_ne!(holder, leader, "the Lease still names the killed leader");
+    eprintln!("standby took over and reconciled in {taken_over:?}");
+}
