@@ -35,6 +35,8 @@ leftovers() {
   done
   ls -d /sys/fs/cgroup/*/sigil-node 2>/dev/null | sed 's/^/cgroup /' || true
   [ -d "$node_dir" ] && echo "directory $node_dir"
+  [ -d /run/containerd ] && echo "directory /run/containerd (shim sockets)"
+  [ -d /var/lib/cni ] && echo "directory /var/lib/cni"
   true
 }
 for _ in $(seq 20); do

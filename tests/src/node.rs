@@ -53,6 +53,7 @@ const CGROUP_ROOT: &str = "sigil-node";
 const CNI_NETWORK: &str = "sigil";
 /// Where the CNI plugins are (Debian's containernetworking-plugins).
 const CNI_BIN_DIR: &str = "/usr/lib/cni";
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 /// The sandbox (`pause`) image every pod starts with (hack/images.sh).
 pub const PAUSE_IMAGE: &str = "sigil.local/pause:dev";
 
@@ -95,6 +96,11 @@ impl NodePaths {
     }
     pub fn lock_file(&self) -> PathBuf {
         self.dir.with_extension("lock")
+    }
+    /// `ip_forward` as it was before the node (beside the directory, which
+    /// cleanup removes before it restores the value).
+    pub fn saved_ip_forward(&self) -> PathBuf {
+        self.dir.with_extension("ip_forward")
     }
 }
 
@@ -351,7 +357,13 @@ pub fn setup_host(paths: &NodePaths) -> anyhow::Result<()> {
     )?;
     // Routing between pods and Services needs forwarding; nothing may leave
     // the bridge for another interface.
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
+    // The value before the node, restored by cleanup.
+    let saved = paths.saved_ip_forward();
+    if !saved.exists() {
+        let before = std::fs::read_to_string(IP_FORWARD).context("reading ip_forward")?;
+        std::fs::write(&saved, before).with_context(|| format!("writing {}", saved.display()))?;
+    }
+    std::fs::write(IP_FORWARD, "1").context("enabling IPv4 forwarding")?;
     let keep_inside = ["FORWARD", "-i", BRIDGE, "!", "-o", BRIDGE, "-j", "DROP"];
     if !iptables_rule_exists("filter", &keep_inside) {
         let mut args = vec!["-w", "-I"];
@@ -435,6 +447,18 @@ pub fn cleanup(paths: &NodePaths) -> Vec<String> {
         remove_container_log_links(&paths.dir),
     );
     note("removing CNI state", remove_cni_state());
+    note("removing shim sockets", remove_stale_shim_sockets());
+    if let Ok(before) = std::fs::read_to_string(paths.saved_ip_forward()) {
+        note(
+            "restoring ip_forward",
+            std::fs::write(IP_FORWARD, before.trim())
+                .context("restoring ip_forward")
+                .and_then(|()| {
+                    std::fs::remove_file(paths.saved_ip_forward())
+                        .context("removing the saved value")
+                }),
+        );
+    }
     if paths.dir.exists() {
         note(
             "removing the node directory",
@@ -713,20 +737,39 @@ fn remove_container_log_links(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// libcni caches results under /var/lib/cni (not configurable in
-/// containerd 1.6): remove this network's entries.
+/// containerd 1.6): remove this network's entries and containerd's pod
+/// loopback ones, then the directories if nothing else is in them.
 fn remove_cni_state() -> anyhow::Result<()> {
     let results = Path::new("/var/lib/cni/results");
     if let Ok(entries) = std::fs::read_dir(results) {
         for entry in entries.flatten() {
-            if entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with(&format!("{CNI_NETWORK}-"))
-            {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!("{CNI_NETWORK}-")) || name.starts_with("cni-loopback-") {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
     }
+    let _ = std::fs::remove_dir(results);
+    let _ = std::fs::remove_dir("/var/lib/cni");
+    Ok(())
+}
+
+/// containerd 1.6 puts shim sockets in /run/containerd/s whatever its
+/// state directory: remove the ones nobody listens on any more (a live
+/// socket is in /proc/net/unix), then the directories if empty.
+fn remove_stale_shim_sockets() -> anyhow::Result<()> {
+    let dir = Path::new("/run/containerd/s");
+    let live = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path().display().to_string();
+            if !live.contains(&path) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+    let _ = std::fs::remove_dir("/run/containerd");
     Ok(())
 }
 
