@@ -15,8 +15,9 @@ use std::time::SystemTime;
 
 use sigil_crds::secret_keys;
 
-/// The CA file an operator may add next to the credentials.
-pub const CA_FILE: &str = "ca.crt";
+/// The CA file the operator adds next to the credentials (the issuer's CA
+/// bundle, when the issuer URL is served with a certificate from it).
+pub const CA_FILE: &str = secret_keys::CA_CRT;
 /// The file the agent writes the access token to.
 pub const TOKEN_FILE: &str = "token";
 const DATA_LINK: &str = "..data";

@@ -77,6 +77,19 @@ impl IssuerUrl {
         &self.url[self.path_start..]
     }
 
+    /// The host name or IP address, without user info, port or the
+    /// brackets of an IPv6 literal (`sigil.example.com`, `::1`): what a TLS
+    /// client checks the server's certificate against.
+    pub fn host(&self) -> &str {
+        let start = self.url.find("://").map_or(0, |i| i + 3);
+        let authority = &self.url[start..self.path_start];
+        let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        match authority.strip_prefix('[') {
+            Some(v6) => v6.split_once(']').map_or(v6, |(ip, _)| ip),
+            None => authority.split_once(':').map_or(authority, |(h, _)| h),
+        }
+    }
+
     pub fn token_endpoint(&self) -> String {
         format!("{}{TOKEN_PATH}", self.url)
     }
@@ -134,6 +147,23 @@ mod tests {
             "http://127.0.0.1:8080/tenant/a/oauth2/introspect"
         );
         assert_eq!(IssuerUrl::parse("http://127.0.0.1:1/").unwrap().path(), "");
+    }
+
+    #[test]
+    fn the_host_is_the_name_a_certificate_must_hold() {
+        for (url, host) in [
+            ("https://sigil.example.com", "sigil.example.com"),
+            (
+                "https://sigil-issuer.sigil-system.svc/",
+                "sigil-issuer.sigil-system.svc",
+            ),
+            ("http://127.0.0.1:8080/tenant/a", "127.0.0.1"),
+            ("https://[::1]:8443/x", "::1"),
+            ("https://[::1]", "::1"),
+            ("https://user@sigil.example.com:443", "sigil.example.com"),
+        ] {
+            assert_eq!(IssuerUrl::parse(url).unwrap().host(), host, "{url}");
+        }
     }
 
     #[test]

@@ -61,6 +61,9 @@ pub mod secret_keys {
     pub const SCOPE: &str = "scope";
     pub const AUDIENCE: &str = "audience";
     pub const CREDENTIALS_JSON: &str = "credentials.json";
+    /// The issuer's CA bundle (PEM), when the issuer URL is served with a
+    /// certificate from it; not part of `credentials.json`.
+    pub const CA_CRT: &str = "ca.crt";
 }
 
 pub use conditions::{CONDITION_READY, Reason};

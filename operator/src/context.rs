@@ -7,9 +7,11 @@ use std::time::Duration;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
+use sigil_core::IssuerUrl;
 use sigil_crds::{OAuthClient, SigningKey};
 
 use crate::client_index::ClientIndex;
+use crate::issuer_ca::IssuerCa;
 use crate::metrics::Metrics;
 
 pub struct Context {
@@ -19,6 +21,8 @@ pub struct Context {
     pub issuer_url: String,
     /// `token_url` in client Secrets.
     pub token_url: String,
+    /// `ca.crt` in client Secrets.
+    pub issuer_ca: IssuerCa,
     pub metrics: Arc<Metrics>,
     /// Every OAuthClient the operator sees, for the cluster-wide clientId
     /// uniqueness check.
@@ -48,6 +52,9 @@ pub enum Error {
     KeyTask(String),
     #[error("{0}")]
     Invalid(String),
+    /// A watched object the reconcile needs has not been read yet.
+    #[error("{0}")]
+    NotRead(String),
 }
 
 impl Error {
@@ -61,6 +68,7 @@ impl Error {
             Error::KeyTask(_) => "key_task",
             Error::Random(_) => "random",
             Error::Invalid(_) => "invalid",
+            Error::NotRead(_) => "not_read",
         }
     }
 
@@ -79,8 +87,8 @@ impl Context {
     pub fn new(
         client: Client,
         recorder: Recorder,
-        issuer_url: String,
-        token_url: String,
+        issuer_url: &IssuerUrl,
+        issuer_ca: IssuerCa,
         metrics: Arc<Metrics>,
         oauth_clients: Store<OAuthClient>,
         signing_keys: Store<SigningKey>,
@@ -88,8 +96,9 @@ impl Context {
         Context {
             client,
             recorder,
-            issuer_url,
-            token_url,
+            issuer_url: issuer_url.to_string(),
+            token_url: issuer_url.token_endpoint(),
+            issuer_ca,
             metrics,
             oauth_clients,
             signing_keys,

@@ -19,6 +19,7 @@ use sigil_crds::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, OAuthClient, SigningKey};
 use crate::config::Args;
 use crate::context::Context;
 use crate::health::Health;
+use crate::issuer_ca;
 use crate::metrics::Metrics;
 use crate::reconcile::{self, oauth_client, signing_key};
 use crate::watch::{Scope, tolerant_reflector, with_watch_backoff};
@@ -43,11 +44,19 @@ pub async fn run(
         controller: crate::FIELD_MANAGER.to_owned(),
         instance: args.lease_identity.clone(),
     };
+    // The issuer's CA bundle for client Secrets; every change of it
+    // re-reconciles every client.
+    let (issuer_ca, ca_changes) = issuer_ca::watch(
+        client.clone(),
+        &args.namespace,
+        &args.tls_secret,
+        &args.issuer_url,
+    );
     let ctx = Arc::new(Context::new(
         client.clone(),
         Recorder::new(client.clone(), reporter),
-        args.issuer_url.to_string(),
-        args.issuer_url.token_endpoint(),
+        &args.issuer_url,
+        issuer_ca,
         metrics.clone(),
         client_store.clone(),
         key_store.clone(),
@@ -139,6 +148,7 @@ pub async fn run(
         .trigger_backoff(NoTriggerBackoff)
         .owns_stream(client_secrets)
         .reconcile_on(peer_rx)
+        .reconcile_all_on(ca_changes)
         .with_config(config.clone())
         .graceful_shutdown_on(shutdown.clone())
         .run(

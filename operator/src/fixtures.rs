@@ -175,8 +175,15 @@ async fn read_call(request: Request<Body>) -> Call {
     }
 }
 
-/// A context whose client is the mock, with empty stores.
+/// A context whose client is the mock, with empty stores and no issuer's
+/// TLS Secret.
 fn test_context() -> (Arc<Context>, ApiServerVerifier) {
+    test_context_with(None)
+}
+
+/// A context whose client is the mock, with empty stores and the issuer's
+/// TLS Secret `tls` (read already).
+fn test_context_with(tls: Option<Secret>) -> (Arc<Context>, ApiServerVerifier) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "default");
     let reporter = Reporter {
@@ -185,11 +192,12 @@ fn test_context() -> (Arc<Context>, ApiServerVerifier) {
     };
     let (oauth_clients, _) = reflector::store();
     let (signing_keys, _) = reflector::store();
+    let issuer_url = "https://sigil.example.com";
     let ctx = Context::new(
         client.clone(),
         Recorder::new(client, reporter),
-        "https://sigil.example.com".to_owned(),
-        "https://sigil.example.com/oauth2/token".to_owned(),
+        &issuer_url.parse().expect("issuer URL"),
+        crate::issuer_ca::testing::read(tls, issuer_url),
         Arc::new(Metrics::new()),
         oauth_clients,
         signing_keys,
@@ -318,6 +326,7 @@ fn our_secret(oac: &OAuthClient, secret: &str) -> Secret {
             "https://sigil.example.com",
             &oac.spec.scopes,
             &oac.spec.audiences,
+            None,
         )),
         ..Default::default()
     };
@@ -556,6 +565,69 @@ async fn a_secret_that_is_not_ours_is_refused_status_then_event() {
     // In particular, no write to their Secret.
     let action = api.finish(run, ctx).await;
     assert_eq!(action, Action::await_change());
+}
+
+#[tokio::test]
+async fn a_new_ca_bundle_is_written_and_a_departed_one_removed_without_events() {
+    let (tls, bundle) = crate::issuer_ca::testing::tls_secret(&["sigil.example.com"]);
+    let mut oac = oauth_client(basic_spec());
+    oac.status = Some(status_made_ago(
+        &oac,
+        OLD_SECRET,
+        SignedDuration::from_hours(1),
+    ));
+    let without = serde_json::to_value(our_secret(&oac, OLD_SECRET)).expect("secret");
+
+    // Published: the Secret gets ca.crt, and only that changes.
+    let (ctx, mut api) = test_context_with(Some(tls));
+    let run = tokio::spawn(oauth_client::reconcile(Arc::new(oac.clone()), ctx.clone()));
+    api.expect(
+        Method::GET,
+        &format!("{SECRETS}/svc-oauth"),
+        ok(without.clone()),
+    )
+    .await;
+    let apply = api
+        .expect(Method::PATCH, &format!("{SECRETS}/svc-oauth"), echo)
+        .await;
+    assert_eq!(assert_client_secret_apply(&apply, &oac), OLD_SECRET);
+    let data = &apply.body()["data"];
+    assert_eq!(decoded(data, "ca.crt"), bundle);
+    let credentials = decoded(data, "credentials.json");
+    assert!(!credentials.contains("CERTIFICATE"), "{credentials}");
+    // No status write (nothing changed there) and no Event.
+    api.finish(run, ctx).await;
+
+    // Gone (no TLS Secret): the apply leaves ca.crt out, which removes it.
+    let mut with = without;
+    with["data"]["ca.crt"] = json!(base64::engine::general_purpose::STANDARD.encode(&bundle));
+    let (ctx, mut api) = test_context();
+    let run = tokio::spawn(oauth_client::reconcile(Arc::new(oac.clone()), ctx.clone()));
+    api.expect(
+        Method::GET,
+        &format!("{SECRETS}/svc-oauth"),
+        ok(with.clone()),
+    )
+    .await;
+    let apply = api
+        .expect(Method::PATCH, &format!("{SECRETS}/svc-oauth"), echo)
+        .await;
+    assert_eq!(assert_client_secret_apply(&apply, &oac), OLD_SECRET);
+    assert!(apply.body()["data"].get("ca.crt").is_none());
+    api.finish(run, ctx).await;
+
+    // Not served with that certificate (the issuer URL is another host):
+    // nothing to publish either.
+    let (other, _) = crate::issuer_ca::testing::tls_secret(&["sigil-issuer.sigil-system.svc"]);
+    let (ctx, mut api) = test_context_with(Some(other));
+    let run = tokio::spawn(oauth_client::reconcile(Arc::new(oac.clone()), ctx.clone()));
+    api.expect(Method::GET, &format!("{SECRETS}/svc-oauth"), ok(with))
+        .await;
+    let apply = api
+        .expect(Method::PATCH, &format!("{SECRETS}/svc-oauth"), echo)
+        .await;
+    assert!(apply.body()["data"].get("ca.crt").is_none());
+    api.finish(run, ctx).await;
 }
 
 fn signing_key() -> SigningKey {

@@ -4,8 +4,8 @@
 //!
 //! Layout (after kube-rs `controller-rs`): [`config`] holds the command line,
 //! [`controller`] wires watches, stores and the two controllers,
-//! [`reconcile`] holds one module per resource, [`leader`] the Lease-based
-//! election, [`metrics`] and [`health`] the `/metrics`, `/healthz` and
+//! [`reconcile`] holds one module per resource, [`issuer_ca`] the CA bundle
+//! client Secrets carry, [`leader`] the Lease-based election, [`metrics`] and [`health`] the `/metrics`, `/healthz` and
 //! `/readyz` endpoints.
 
 pub mod client_index;
@@ -15,6 +15,7 @@ pub mod controller;
 #[cfg(test)]
 mod fixtures;
 pub mod health;
+pub mod issuer_ca;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;

@@ -46,6 +46,18 @@ impl Operator {
     /// Starts the operator for SigningKeys (and its Lease) in `namespace`
     /// and OAuthClients in `watch`.
     fn start(cluster: &TestCluster, namespace: &str, watch: &[&str], identity: &str) -> Operator {
+        Operator::start_with(cluster, namespace, watch, identity, ISSUER_URL, &[])
+    }
+
+    /// [`Operator::start`] with another issuer URL and more flags.
+    fn start_with(
+        cluster: &TestCluster,
+        namespace: &str,
+        watch: &[&str],
+        identity: &str,
+        issuer_url: &str,
+        flags: &[&str],
+    ) -> Operator {
         let cluster_kubeconfig = cluster.kubeconfig().to_owned();
         let health_port = free_port();
         let log = std::env::temp_dir().join(format!("sigil-operator-{namespace}-{identity}.log"));
@@ -60,10 +72,11 @@ impl Operator {
             .map(PathBuf::from)
             .unwrap_or_else(|| sigil_tests::binary("operator"));
         let child = Command::new(binary)
-            .args(["--issuer-url", ISSUER_URL, "--namespace", namespace])
+            .args(["--issuer-url", issuer_url, "--namespace", namespace])
             .args(["--watch-namespaces", &watch.join(",")])
             .args(["--health-listen", &format!("127.0.0.1:{health_port}")])
             .args(["--lease-identity", identity, "--lease-duration", "6"])
+            .args(flags)
             .env("KUBECONFIG", cluster_kubeconfig)
             .env("RUST_LOG", "info,kube_lease_manager=warn")
             .stdin(Stdio::null())
@@ -362,6 +375,9 @@ async fn oauth_client_secret_is_created_and_kept() {
         oac.status.map(|s| s.secret_verifiers),
         oac_after.status.map(|s| s.secret_verifiers)
     );
+    // The operator made the issuer's TLS Secret by now, but its certificate
+    // is for the Service's names, not for sigil.test: no CA bundle.
+    assert_eq!(data(&secret_after, "ca.crt"), None);
 
     // Metrics after the restart's reconciles.
     let metrics = eventually(Duration::from_secs(10), "/metrics", || operator.metrics()).await;
@@ -388,6 +404,253 @@ async fn oauth_client_secret_is_created_and_kept() {
             .unwrap_or_default()
             .contains(&client_secret),
         "logs never show the secret"
+    );
+}
+
+/// The issuer's TLS Secret (the operator's default `--tls-secret`).
+const TLS_SECRET: &str = "sigil-issuer-tls";
+
+fn pem_blocks(bundle: &str) -> usize {
+    bundle.matches("-----BEGIN CERTIFICATE-----").count()
+}
+
+/// One `ca.crt` value of the issuer's TLS Secret: when the test first saw
+/// it there, and when in the client Secret.
+#[derive(Debug)]
+struct BundleSeen {
+    bundle: String,
+    in_tls_secret: Duration,
+    in_client_secret: Option<Duration>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_secrets_carry_the_issuer_ca_bundle_through_a_ca_rotation() {
+    let cluster = TestCluster::shared().await;
+    let client = cluster.client().await;
+    let ns = cluster.namespace("op-ca").await;
+    // The in-cluster issuer URL: its host is a name of the serving
+    // certificate the operator makes. A 30 s CA (+3 s backdating) starts
+    // rotating ~19 s after it is made, its steps 5 s apart.
+    let issuer_url = format!("https://sigil-issuer.{ns}.svc");
+    let _operator = Operator::start_with(
+        cluster,
+        &ns,
+        &[&ns],
+        "ca",
+        &issuer_url,
+        &[
+            "--webhook-config=",
+            "--tls-ca-validity=30s",
+            "--tls-overlap=5s",
+            "--tls-cert-validity=1h",
+        ],
+    );
+    apply_client(
+        &client,
+        &ns,
+        "reader",
+        json!({ "scopes": ["event.view"], "audiences": ["event"] }),
+    )
+    .await;
+    let (_, secret) = wait_ready(&client, &ns, "reader").await;
+    let client_secret = data(&secret, "client_secret").expect("client_secret");
+
+    // Every bundle the TLS Secret holds reaches the client Secret, until a
+    // rotation is through: old CA, old + new (phase 1), new alone (phase 3).
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let started = Instant::now();
+    let mut seen: Vec<BundleSeen> = Vec::new();
+    let mut in_client: BTreeSet<String> = BTreeSet::new();
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "no complete CA rotation reached the client Secret: {seen:#?}"
+        );
+        let now = started.elapsed();
+        if let Some(bundle) = secrets
+            .get_opt(TLS_SECRET)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|s| data(&s, "ca.crt"))
+            && seen.last().is_none_or(|last| last.bundle != bundle)
+        {
+            seen.push(BundleSeen {
+                bundle,
+                in_tls_secret: now,
+                in_client_secret: None,
+            });
+        }
+        let theirs = secrets.get("reader-oauth").await.expect("client Secret");
+        assert_eq!(
+            data(&theirs, "client_secret").as_deref(),
+            Some(client_secret.as_str()),
+            "a new bundle leaves the credentials alone"
+        );
+        if let Some(bundle) = data(&theirs, "ca.crt") {
+            if let Some(entry) = seen
+                .iter_mut()
+                .find(|e| e.bundle == bundle && e.in_client_secret.is_none())
+            {
+                entry.in_client_secret = Some(started.elapsed());
+            }
+            in_client.insert(bundle);
+        }
+        let done = seen.len() >= 3
+            && seen
+                .first()
+                .is_some_and(|first| pem_blocks(&first.bundle) == 1)
+            && seen.last().is_some_and(|last| {
+                pem_blocks(&last.bundle) == 1 && last.in_client_secret.is_some()
+            });
+        if done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let summary: Vec<String> = seen
+        .iter()
+        .map(|e| {
+            format!(
+                "{} CA(s) at {:.1?}, in the client Secret {:?} later",
+                pem_blocks(&e.bundle),
+                e.in_tls_secret,
+                e.in_client_secret
+                    .map(|at| at.saturating_sub(e.in_tls_secret))
+            )
+        })
+        .collect();
+    eprintln!("CA bundles of the TLS Secret: {summary:#?}");
+    assert!(
+        seen.iter().any(|e| pem_blocks(&e.bundle) == 2),
+        "the next CA was trusted next to the old one first: {seen:#?}"
+    );
+    for entry in &seen[1..] {
+        let lag = entry
+            .in_client_secret
+            .map(|at| at.saturating_sub(entry.in_tls_secret));
+        assert!(
+            lag.is_some_and(|lag| lag < Duration::from_secs(3)),
+            "the client Secret followed a bundle after {lag:?}: {seen:#?}"
+        );
+    }
+    // Only bundles the TLS Secret held, byte for byte.
+    for bundle in &in_client {
+        assert!(
+            seen.iter().any(|e| e.bundle == *bundle),
+            "a bundle the TLS Secret never held: {bundle}"
+        );
+    }
+    // A CA bundle update is no edit of the Secret.
+    let events = events_for(&client, &ns, "reader").await;
+    assert!(
+        events
+            .iter()
+            .all(|(reason, _)| reason != "SecretRestored" && reason != "Updated"),
+        "{events:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_secrets_follow_a_supplied_tls_secret() {
+    let cluster = TestCluster::shared().await;
+    let client = cluster.client().await;
+    let ns = cluster.namespace("op-ca-byo").await;
+    // TLS supplied (e.g. by cert-manager): the operator only reads it. The
+    // certificates below are for localhost.
+    let _operator = Operator::start_with(
+        cluster,
+        &ns,
+        &[&ns],
+        "ca-byo",
+        "https://localhost:8443",
+        &["--manage-webhook-tls=false", "--webhook-config="],
+    );
+    apply_client(
+        &client,
+        &ns,
+        "reader",
+        json!({ "scopes": ["event.view"], "audiences": ["event"] }),
+    )
+    .await;
+    let (_, secret) = wait_ready(&client, &ns, "reader").await;
+    assert_eq!(
+        data(&secret, "ca.crt"),
+        None,
+        "no TLS Secret yet: no bundle, and the client is Ready all the same"
+    );
+    let client_secret = data(&secret, "client_secret");
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let follows = |want: Option<String>, what: &'static str| {
+        let secrets = secrets.clone();
+        let client_secret = client_secret.clone();
+        async move {
+            let asked = Instant::now();
+            eventually(Duration::from_secs(10), what, || {
+                let secrets = secrets.clone();
+                let want = want.clone();
+                async move {
+                    let s = secrets.get("reader-oauth").await.ok()?;
+                    (data(&s, "ca.crt") == want).then_some(s)
+                }
+            })
+            .await;
+            let took = asked.elapsed();
+            let s = secrets.get("reader-oauth").await.expect("client Secret");
+            assert_eq!(data(&s, "client_secret"), client_secret);
+            assert!(took < Duration::from_secs(3), "{what} after {took:?}");
+            took
+        }
+    };
+
+    let first = sigil_tests::pki::Pki::new().expect("CA");
+    let next = sigil_tests::pki::Pki::new().expect("CA");
+    let serving = first.serving_cert("sigil-issuer").expect("certificate");
+    let tls_secret = |bundle: &str| -> Secret {
+        serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": { "name": TLS_SECRET },
+            "type": "kubernetes.io/tls",
+            "stringData": {
+                "tls.crt": serving.cert_pem,
+                "tls.key": serving.key_pem,
+                "ca.crt": bundle,
+            },
+        }))
+        .expect("Secret")
+    };
+    secrets
+        .create(&PostParams::default(), &tls_secret(&first.ca_pem))
+        .await
+        .expect("creating the TLS Secret");
+    let created = follows(Some(first.ca_pem.clone()), "ca.crt published").await;
+
+    // A rotation's first step: the next CA trusted next to the current one.
+    let both = format!("{}{}", first.ca_pem, next.ca_pem);
+    secrets
+        .replace(TLS_SECRET, &PostParams::default(), &{
+            let mut s = tls_secret(&both);
+            s.metadata.resource_version = secrets
+                .get(TLS_SECRET)
+                .await
+                .expect("TLS Secret")
+                .metadata
+                .resource_version;
+            s
+        })
+        .await
+        .expect("updating the TLS Secret");
+    let rotated = follows(Some(both), "the next CA published").await;
+
+    secrets
+        .delete(TLS_SECRET, &DeleteParams::default())
+        .await
+        .expect("deleting the TLS Secret");
+    let removed = follows(None, "ca.crt removed").await;
+    eprintln!(
+        "client Secret followed the supplied TLS Secret: created {created:?}, rotated {rotated:?}, deleted {removed:?}"
     );
 }
 

@@ -3,6 +3,7 @@
 //! signature, `iss`, `aud`, `exp` and `typ`, and require a scope per route.
 //! 401 without a valid token, 403 with a valid token that lacks the scope.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,11 @@ pub struct Args {
     /// The audience this service accepts.
     #[arg(long, env = "AUDIENCE")]
     pub audience: String,
+    /// PEM bundle of the CAs trusted for fetching the JWKS, instead of the
+    /// system roots: e.g. Sigil's `ca.crt` for an in-cluster issuer URL
+    /// (the issuer's TLS Secret mounted, or distributed by trust-manager).
+    #[arg(long, env = "CA_FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Verifies Sigil access tokens against the issuer's JWKS.
@@ -53,16 +59,40 @@ pub struct Claims {
 const JWKS_MAX_AGE: Duration = Duration::from_secs(600);
 const JWKS_MIN_REFETCH: Duration = Duration::from_secs(10);
 
+/// An HTTPS client trusting only the CAs in `ca_file` when given (as the
+/// token agent does with `ca.crt`), else the system roots. The file is read
+/// once, here.
+fn http_client(ca_file: Option<&Path>) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder();
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("reading the CA file {}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("reading the CA file {}", path.display()))?;
+        if certs.is_empty() {
+            anyhow::bail!("the CA file {} holds no PEM certificate", path.display());
+        }
+        builder = builder.tls_certs_only(certs);
+    }
+    builder.build().context("building the HTTPS client")
+}
+
 impl Verifier {
-    pub fn new(issuer: &str, audience: &str) -> Arc<Verifier> {
+    /// A verifier for tokens of `issuer` for `audience`; the JWKS is fetched
+    /// trusting only the CAs in `ca_file` when given, else the system roots.
+    pub fn new(
+        issuer: &str,
+        audience: &str,
+        ca_file: Option<&Path>,
+    ) -> anyhow::Result<Arc<Verifier>> {
         let issuer = issuer.trim_end_matches('/').to_owned();
-        Arc::new(Verifier {
+        Ok(Arc::new(Verifier {
             jwks_url: format!("{issuer}/.well-known/jwks.json"),
             issuer,
             audience: audience.to_owned(),
-            http: reqwest::Client::new(),
+            http: http_client(ca_file)?,
             jwks: RwLock::new(None),
-        })
+        }))
     }
 
     async fn fetch_jwks(&self) -> anyhow::Result<JwkSet> {
@@ -201,7 +231,7 @@ pub async fn serve(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let verifier = Verifier::new(&args.issuer_url, &args.audience);
+    let verifier = Verifier::new(&args.issuer_url, &args.audience, args.ca_file.as_deref())?;
     let app = router.with_state(verifier);
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -213,4 +243,64 @@ pub async fn serve(
         })
         .await
         .context("serving")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_file(name: &str, contents: &[u8]) -> PathBuf {
+        let path = std::env::temp_dir().join(format!(
+            "sigil-resource-server-{}-{name}",
+            std::process::id()
+        ));
+        std::fs::write(&path, contents).expect("writing a temp file");
+        path
+    }
+
+    fn error_of(ca_file: &Path) -> String {
+        match Verifier::new("https://sigil.example", "event", Some(ca_file)) {
+            Ok(_) => panic!("{} accepted", ca_file.display()),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn the_ca_file_is_read_when_the_verifier_is_built() {
+        let missing = std::env::temp_dir().join("sigil-resource-server-no-such-ca.crt");
+        let error = error_of(&missing);
+        assert!(
+            error.contains("reading the CA file") && error.contains("no-such-ca.crt"),
+            "{error}"
+        );
+
+        let empty = temp_file("empty.crt", b"not a certificate\n");
+        let error = error_of(&empty);
+        assert!(error.contains("holds no PEM certificate"), "{error}");
+        let _ = std::fs::remove_file(empty);
+
+        let bundle = temp_file("bundle.crt", CA_PEM.as_bytes());
+        let verifier = Verifier::new("https://sigil.example/", "event", Some(&bundle));
+        let _ = std::fs::remove_file(bundle);
+        assert_eq!(
+            verifier.expect("a good bundle").issuer,
+            "https://sigil.example"
+        );
+        assert!(Verifier::new("https://sigil.example", "event", None).is_ok());
+    }
+
+    /// A self-signed CA certificate (openssl, ECDSA P-256, valid until
+    /// 2126), for reading only.
+    const CA_PEM: &str = "-----BEGIN CERTIFICATE-----
+MIIBlzCCAT2gAwIBAgIUdOQ7By0aFd7ikTNc5cmgPj9Q5qMwCgYIKoZIzj0EAwIw
+IDEeMBwGA1UEAwwVc2lnaWwtZXhhbXBsZS10ZXN0LWNhMCAXDTI2MTIwNzA2MDI0
+NloYDzIxMjYxMTEzMDYwMjQ2WjAgMR4wHAYDVQQDDBVzaWdpbC1leGFtcGxlLXRl
+c3QtY2EwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAAR/7GutCc9AqwZV82lubzK4
+RyAFFGm+sYZmLJCqpRMaLaYtQIUTkH/YMJOIGlULxjasXcf8dK8afhEI0etHVIQB
+o1MwUTAdBgNVHQ4EFgQUWrfccyz60/l35WE4tCMH28L+QxswHwYDVR0jBBgwFoAU
+Wrfccyz60/l35WE4tCMH28L+QxswDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQD
+AgNIADBFAiAqK1Saw9gtTl/rtRvqdERQ+zhgIF5i4r2oGQzwCuEdnQIhANcs7Vs8
+4R8kzlzDA9bPs23A+Vjh45o3VZIJTtK8lAcr
+-----END CERTIFICATE-----
+";
 }

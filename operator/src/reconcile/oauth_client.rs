@@ -294,7 +294,10 @@ pub fn first_claimant<'a>(
         .unwrap_or(this)
 }
 
-/// The Secret's data keys (DESIGN.md §3).
+/// The Secret's data keys (DESIGN.md §3): the one place they are made.
+/// `credentials.json` holds the credentials only; the CA bundle is trust
+/// material, not a credential, and stays a PEM file of its own (`ca.crt`,
+/// as in a `kubernetes.io/tls` Secret), absent when there is none.
 pub fn secret_data(
     client_id: &str,
     client_secret: &str,
@@ -302,6 +305,7 @@ pub fn secret_data(
     issuer: &str,
     scopes: &[String],
     audiences: &[String],
+    ca_bundle: Option<&[u8]>,
 ) -> BTreeMap<String, ByteString> {
     let scope = scopes.join(" ");
     let audience = audiences.join(" ");
@@ -314,7 +318,7 @@ pub fn secret_data(
         secret_keys::AUDIENCE: audience,
     });
     let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
-    BTreeMap::from([
+    let mut data = BTreeMap::from([
         (secret_keys::CLIENT_ID.to_owned(), bytes(client_id)),
         (secret_keys::CLIENT_SECRET.to_owned(), bytes(client_secret)),
         (secret_keys::TOKEN_URL.to_owned(), bytes(token_url)),
@@ -325,22 +329,47 @@ pub fn secret_data(
             secret_keys::CREDENTIALS_JSON.to_owned(),
             ByteString(credentials.to_string().into_bytes()),
         ),
-    ])
+    ]);
+    if let Some(bundle) = ca_bundle {
+        data.insert(secret_keys::CA_CRT.to_owned(), ByteString(bundle.to_vec()));
+    }
+    data
 }
 
-/// Whether `existing` already holds everything `desired` sets.
-fn secret_up_to_date(existing: &Secret, desired: &Secret, owner: &OAuthClient) -> bool {
-    let data_matches = match (&existing.data, &desired.data) {
-        (Some(have), Some(want)) => want.iter().all(|(k, v)| have.get(k) == Some(v)),
-        _ => false,
+/// How an existing Secret differs from the desired one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SecretDrift {
+    None,
+    /// Only `ca.crt`: the issuer's CA bundle changed (or appeared, or left).
+    CaBundle,
+    /// Anything else: credentials, type, label or owner.
+    Other,
+}
+
+/// How `existing` differs from `desired`. `ca.crt` must be equal, also
+/// when absent from `desired` (the bundle left: the apply removes it);
+/// other keys someone added are left alone.
+fn secret_drift(existing: &Secret, desired: &Secret, owner: &OAuthClient) -> SecretDrift {
+    let (Some(have), Some(want)) = (&existing.data, &desired.data) else {
+        return SecretDrift::Other;
     };
-    data_matches
-        && existing.type_.as_deref() == Some("Opaque")
+    let credentials_match = want
+        .iter()
+        .filter(|(k, _)| *k != secret_keys::CA_CRT)
+        .all(|(k, v)| have.get(k) == Some(v));
+    let rest_matches = existing.type_.as_deref() == Some("Opaque")
         && existing
             .labels()
             .get(MANAGED_BY_LABEL)
             .is_some_and(|v| v == MANAGED_BY_VALUE)
-        && secret_owned_by(existing, owner)
+        && secret_owned_by(existing, owner);
+    if !(credentials_match && rest_matches) {
+        SecretDrift::Other
+    } else if have.get(secret_keys::CA_CRT) != want.get(secret_keys::CA_CRT) {
+        SecretDrift::CaBundle
+    } else {
+        SecretDrift::None
+    }
 }
 
 fn rotation_of(oac: &OAuthClient) -> Result<Option<Rotation>, String> {
@@ -528,6 +557,7 @@ async fn reconcile_client(oac: &OAuthClient, ctx: &Context) -> Result<Action> {
     let owner = oac
         .controller_owner_ref(&())
         .ok_or_else(|| Error::Invalid("OAuthClient without a uid".to_owned()))?;
+    let ca_bundle = ctx.issuer_ca.bundle().await?;
     let desired = Secret {
         metadata: ObjectMeta {
             name: Some(secret_name.clone()),
@@ -547,12 +577,14 @@ async fn reconcile_client(oac: &OAuthClient, ctx: &Context) -> Result<Action> {
             &ctx.issuer_url,
             &oac.spec.scopes,
             &oac.spec.audiences,
+            ca_bundle.as_deref(),
         )),
         ..Default::default()
     };
-    let secret_current = existing
+    let drift = existing
         .as_ref()
-        .is_some_and(|e| secret_up_to_date(e, &desired, oac));
+        .map_or(SecretDrift::Other, |e| secret_drift(e, &desired, oac));
+    let secret_current = drift == SecretDrift::None;
 
     // A secret replacing another is published in status first.
     let status_first = matches!(plan.outcome, Outcome::Rotated | Outcome::Replaced { .. });
@@ -633,6 +665,11 @@ async fn reconcile_client(oac: &OAuthClient, ctx: &Context) -> Result<Action> {
                 ("SecretReplaced", "ReplaceSecret")
             };
             ctx.event(oac, EventType::Warning, reason, action, format!("Secret {secret_name} {what}; wrote it again with a new client secret; {previous}")).await;
+        }
+        // A new CA bundle reaches every client at once: a log line, not an
+        // Event per client.
+        Outcome::Unchanged if drift == SecretDrift::CaBundle => {
+            tracing::debug!(%namespace, %name, "updated the issuer's CA bundle in the Secret");
         }
         Outcome::Unchanged if !secret_current => {
             let spec_changed = status.observed_generation != generation;
@@ -989,6 +1026,7 @@ mod tests {
             "https://sigil.example.com",
             &["event.view".into(), "file.view".into()],
             &["event".into(), "file".into()],
+            None,
         );
         let text = |k: &str| String::from_utf8(data[k].0.clone()).expect("utf8");
         assert_eq!(text("client_id"), "task-service.tasks");
@@ -1001,6 +1039,102 @@ mod tests {
         assert_eq!(json["client_secret"], A);
         assert_eq!(json["token_url"], "https://sigil.example.com/oauth2/token");
         assert_eq!(json["scope"], "event.view file.view");
-        assert_eq!(data.len(), 7);
+        assert_eq!(data.len(), 7, "no ca.crt without a bundle");
+    }
+
+    const BUNDLE: &[u8] = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
+    fn client_data(ca_bundle: Option<&[u8]>) -> BTreeMap<String, ByteString> {
+        secret_data(
+            "svc.tasks",
+            A,
+            "https://sigil-issuer.sigil-system.svc/oauth2/token",
+            "https://sigil-issuer.sigil-system.svc",
+            &["event.view".into()],
+            &["event".into()],
+            ca_bundle,
+        )
+    }
+
+    #[test]
+    fn the_ca_bundle_is_its_own_key_and_not_a_credential() {
+        let with = client_data(Some(BUNDLE));
+        assert_eq!(with[secret_keys::CA_CRT].0, BUNDLE, "the same bytes");
+        assert_eq!(with.len(), 8);
+        let without = client_data(None);
+        assert!(!without.contains_key(secret_keys::CA_CRT));
+        // Everything else is the same, credentials.json included: it holds
+        // the credentials only.
+        for (key, value) in &without {
+            assert_eq!(with.get(key), Some(value), "{key}");
+        }
+        let json: serde_json::Value =
+            serde_json::from_slice(&with[secret_keys::CREDENTIALS_JSON].0).expect("json");
+        assert_eq!(json.as_object().map(|o| o.len()), Some(6), "{json}");
+        assert!(json.get(secret_keys::CA_CRT).is_none());
+    }
+
+    fn owned_secret(oac: &OAuthClient, data: BTreeMap<String, ByteString>) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                labels: Some(BTreeMap::from([(
+                    MANAGED_BY_LABEL.to_owned(),
+                    MANAGED_BY_VALUE.to_owned(),
+                )])),
+                owner_references: Some(vec![oac.controller_owner_ref(&()).expect("uid")]),
+                ..Default::default()
+            },
+            type_: Some("Opaque".to_owned()),
+            data: Some(data),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_changed_or_departed_bundle_is_drift_of_its_own() {
+        let oac = client("tasks", "svc", "uid-svc", 0, None);
+        let secret = |bundle: Option<&[u8]>| owned_secret(&oac, client_data(bundle));
+        let other: &[u8] = b"another bundle";
+        assert_eq!(
+            secret_drift(&secret(Some(BUNDLE)), &secret(Some(BUNDLE)), &oac),
+            SecretDrift::None
+        );
+        assert_eq!(
+            secret_drift(&secret(None), &secret(None), &oac),
+            SecretDrift::None
+        );
+        // Published, rotated, gone: each is a change to write.
+        for (have, want) in [
+            (None, Some(BUNDLE)),
+            (Some(BUNDLE), Some(other)),
+            (Some(BUNDLE), None),
+        ] {
+            assert_eq!(
+                secret_drift(&secret(have), &secret(want), &oac),
+                SecretDrift::CaBundle,
+                "{have:?} -> {want:?}"
+            );
+        }
+        // A credential edited as well is more than a new bundle.
+        let mut edited = secret(None);
+        if let Some(data) = edited.data.as_mut() {
+            data.insert(
+                secret_keys::SCOPE.to_owned(),
+                ByteString(b"edited".to_vec()),
+            );
+        }
+        assert_eq!(
+            secret_drift(&edited, &secret(Some(BUNDLE)), &oac),
+            SecretDrift::Other
+        );
+        // A key someone else added is left alone.
+        let mut extra = secret(Some(BUNDLE));
+        if let Some(data) = extra.data.as_mut() {
+            data.insert("note".to_owned(), ByteString(b"mine".to_vec()));
+        }
+        assert_eq!(
+            secret_drift(&extra, &secret(Some(BUNDLE)), &oac),
+            SecretDrift::None
+        );
     }
 }
