@@ -14,11 +14,14 @@
 //! each, so the numbers are per server core).
 //!
 //! `sigil-bench timing` instead measures whether authentication failures
-//! can be told apart by their latency ([`timing`]).
+//! can be told apart by their latency ([`timing`]); `sigil-bench attack`
+//! whether hostile traffic can make the issuer refuse an honest client or
+//! outgrow its memory ([`attack`]).
 
+mod attack;
 mod timing;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,6 +81,12 @@ enum Command {
     /// Statistical timing test of the authentication failure paths: unknown
     /// client vs wrong secret vs bad assertion, with a control.
     Timing(timing::TimingArgs),
+    /// Hostile traffic against the release standalone issuer (a child
+    /// process) while an honest client fetches tokens: jti flood, failed
+    /// authentication flood, connection flood, oversized requests. Fails
+    /// unless every honest request succeeds and the issuer's RSS stays
+    /// under the bound.
+    Attack(attack::AttackArgs),
 }
 
 fn algorithm(name: &str) -> anyhow::Result<SigningAlgorithm> {
@@ -369,8 +378,10 @@ fn pipeline_rate(app: &App, shots: &[Shot], seconds: f64) -> anyhow::Result<f64>
 fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let args = Args::parse();
-    if let Some(Command::Timing(timing)) = args.command {
-        return timing::run(timing);
+    match args.command {
+        Some(Command::Timing(timing)) => return timing::run(timing),
+        Some(Command::Attack(attack)) => return attack::run(attack),
+        None => {}
     }
     let algorithms = args
         .algorithms
@@ -708,17 +719,64 @@ fn main() -> anyhow::Result<()> {
     }
     Ok(())
 }
+/// A TCP connection to `addr` without Nagle delay, from the local address
+/// `source` if given (any of 127.0.0.0/8 on loopback, so one machine can
+/// play many clients).
+pub(crate) async fn tcp_connect(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+) -> anyhow::Result<tokio::net::TcpStream> {
+    let stream = match source {
+        None => tokio::net::TcpStream::connect(addr).await?,
+        Some(ip) => {
+            let socket = if ip.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            socket.set_reuseaddr(true)?;
+            socket.bind(SocketAddr::new(ip, 0))?;
+            socket.connect(addr).await?
+        }
+    };
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// A keep-alive HTTP/1.1 client connection over `io` (TCP, or TLS over
+/// it), its driver running on the current runtime.
+pub(crate) async fn http1<IO>(
+    io: IO,
+) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, driver) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await?;
+    tokio::spawn(driver);
+    Ok(sender)
+}
+
 /// A keep-alive HTTP/1.1 connection to `addr` (no Nagle delay), its driver
 /// running on the current runtime.
 pub(crate) async fn connect(
     addr: SocketAddr,
 ) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (sender, driver) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::spawn(driver);
-    Ok(sender)
+    http1(tcp_connect(addr, None).await?).await
+}
+
+/// `GET path` over `sender`: the status and the body.
+pub(crate) async fn get(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    path: &str,
+) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
+    let request = hyper::Request::get(path)
+        .header("host", "127.0.0.1")
+        .body(Full::new(Bytes::new()))?;
+    sender.ready().await?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    Ok((status, response.into_body().collect().await?.to_bytes()))
 }
 
 /// One form POST over `sender`, timed from send to the end of the body as

@@ -81,30 +81,40 @@ fn basic(id: &str, secret: &str) -> Option<String> {
     ))
 }
 
-/// A compact ES256 client assertion (RFC 7523) from `id`, signed by `key`.
-fn assertion(key: &ParsedKey, kid: &str, id: &str, audience: &str) -> anyhow::Result<String> {
-    let now = sigil_issuer::http::token::unix_now();
+/// A compact ES256 JWS of `claims`, signed by `key`.
+pub(crate) fn signed_jwt(
+    key: &ParsedKey,
+    kid: &str,
+    claims: &serde_json::Value,
+) -> anyhow::Result<String> {
     let header = URL_SAFE_NO_PAD
         .encode(serde_json::json!({"alg": "ES256", "kid": kid, "typ": "JWT"}).to_string());
-    let claims = URL_SAFE_NO_PAD.encode(
-        serde_json::json!({
-            "iss": id, "sub": id, "aud": audience,
-            "exp": now + 3000, "iat": now, "jti": "timing-0000000000000000",
-        })
-        .to_string(),
-    );
+    let claims = URL_SAFE_NO_PAD.encode(claims.to_string());
     let input = format!("{header}.{claims}");
     let signature = key.sign(input.as_bytes())?;
     Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature)))
 }
 
-fn assertion_body(assertion: &str) -> Bytes {
+/// A client assertion (RFC 7523) from `id`, signed by `key`.
+fn assertion(key: &ParsedKey, kid: &str, id: &str, audience: &str) -> anyhow::Result<String> {
+    let now = sigil_issuer::http::token::unix_now();
+    signed_jwt(
+        key,
+        kid,
+        &serde_json::json!({
+            "iss": id, "sub": id, "aud": audience,
+            "exp": now + 3000, "iat": now, "jti": "timing-0000000000000000",
+        }),
+    )
+}
+
+pub(crate) fn assertion_body(assertion: &str) -> Bytes {
     Bytes::from(format!(
         "grant_type=client_credentials&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={assertion}"
     ))
 }
 
-fn es256() -> anyhow::Result<ParsedKey> {
+pub(crate) fn es256() -> anyhow::Result<ParsedKey> {
     Ok(ParsedKey::from_pkcs8_der(
         SigningAlgorithm::ES256,
         &generate_pkcs8_der(SigningAlgorithm::ES256, 0)?,
@@ -223,10 +233,10 @@ fn issuer(
 }
 
 /// xorshift64*: a fixed, dependency-free shuffle.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
