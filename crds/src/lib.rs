@@ -16,6 +16,7 @@ pub mod backoff;
 pub mod conditions;
 pub mod oauth_client;
 pub mod ring;
+pub mod shutdown;
 pub mod signing_key;
 pub mod validate;
 mod validation;

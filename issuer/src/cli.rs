@@ -95,6 +95,13 @@ pub struct ServeArgs {
     #[arg(long, env = "SIGIL_HEALTH_LISTEN", default_value = "0.0.0.0:8081")]
     pub health_listen: SocketAddr,
 
+    /// After SIGTERM, keep serving this long with /readyz failing, so
+    /// Services and load balancers stop sending new connections before the
+    /// issuer exits (Kubernetes removes a terminating pod's endpoints
+    /// asynchronously). Must stay below the pod's grace period.
+    #[arg(long, env = "SIGIL_SHUTDOWN_DELAY", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_delay: std::time::Duration,
+
     /// Namespace of the issuer, its SigningKeys and their Secrets.
     #[arg(long, env = "SIGIL_NAMESPACE", default_value = "sigil-system")]
     pub namespace: String,
@@ -379,7 +386,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), RunError> {
     );
     let api = serve::serve(
         api_listener,
-        http::api_router(app),
+        http::api_router(app.clone()),
         tls,
         limits,
         metrics.connection_metrics("api"),
@@ -399,10 +406,29 @@ pub async fn serve(args: ServeArgs) -> Result<(), RunError> {
             None => std::future::pending().await,
         }
     };
+    let servers = async {
+        tokio::select! {
+            result = health => result,
+            result = api => result,
+            result = webhook => result,
+        }
+    };
+    // The servers keep running while the drain delay passes.
     tokio::select! {
-        result = health => result?,
-        result = api => result?,
-        result = webhook => result?,
+        result = servers => result?,
+        () = drain_on_signal(&app, args.shutdown_delay) => {}
     }
     Ok(())
+}
+
+/// Waits for SIGTERM/SIGINT, then fails /readyz for `delay` while still
+/// serving, then returns (and the process exits).
+async fn drain_on_signal(app: &App, delay: std::time::Duration) {
+    sigil_crds::shutdown::shutdown_signal().await;
+    app.start_draining();
+    tracing::info!(
+        delay_secs = delay.as_secs_f64(),
+        "stop signal: not ready any more, serving until the delay ends"
+    );
+    tokio::time::sleep(delay).await;
 }

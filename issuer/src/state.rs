@@ -58,9 +58,22 @@ pub struct App {
     pub replay: ReplayCache,
     pub metrics: Arc<Metrics>,
     pub metadata: Bytes,
+    /// Set on the stop signal: /readyz fails from then on.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl App {
+    /// From now on /readyz fails (the stop signal came).
+    pub fn start_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Ready to serve: caches synced, an active key, and not stopping.
+    pub fn is_ready(&self) -> bool {
+        self.store.is_ready() && !self.draining.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     pub fn new(
         store: Arc<Store>,
         metrics: Arc<Metrics>,
@@ -83,6 +96,7 @@ impl App {
                 metrics.assertions_refused_for_capacity.clone(),
             ),
             metrics,
+            draining: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

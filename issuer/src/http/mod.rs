@@ -66,12 +66,12 @@ pub fn health_router(app: Arc<App>) -> Router {
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> (StatusCode, &'static str) {
-    if app.store.is_ready() {
+    if app.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: caches not synced or no active signing key\n",
+            "not ready: caches not synced, no active signing key, or stopping\n",
         )
     }
 }
