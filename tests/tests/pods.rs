@@ -207,9 +207,18 @@ async fn wait_client_ready(installed: &Installed, namespace: &str, name: &str) {
     .await;
 }
 
-/// The issuer's JWKS, fetched from the issuer's Service the way a resource
-/// server in the cluster would (TLS verified against the chart's CA).
-async fn issuer_jwks(installed: &Installed) -> jsonwebtoken::jwk::JwkSet {
+/// An HTTP client for the issuer's Service as a client in the cluster sees
+/// it: the chart's issuer URL, TLS verified against the chart's CA (the
+/// Service's name resolved to its ClusterIP, which the host reaches through
+/// kube-proxy).
+async fn issuer_http(installed: &Installed) -> reqwest::Client {
+    issuer_http_builder(installed)
+        .await
+        .build()
+        .expect("HTTP client")
+}
+
+async fn issuer_http_builder(installed: &Installed) -> reqwest::ClientBuilder {
     let client = installed.client().await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), install::SIGIL_NAMESPACE);
     let tls = secrets.get("sigil-issuer-tls").await.expect("TLS Secret");
@@ -224,16 +233,21 @@ async fn issuer_jwks(installed: &Installed) -> jsonwebtoken::jwk::JwkSet {
         .parse()
         .expect("ClusterIP address");
     let certs = reqwest::Certificate::from_pem_bundle(&ca).expect("CA bundle");
-    let http = reqwest::Client::builder()
+    reqwest::Client::builder()
         .tls_certs_only(certs)
         .resolve(
             "sigil-issuer.sigil-system.svc",
             std::net::SocketAddr::new(cluster_ip, 443),
         )
         .timeout(Duration::from_secs(10))
-        .build()
-        .expect("HTTP client");
-    http.get(format!("{}/.well-known/jwks.json", install::ISSUER_URL))
+}
+
+/// The issuer's JWKS, fetched from the issuer's Service the way a resource
+/// server in the cluster would.
+async fn issuer_jwks(installed: &Installed) -> jsonwebtoken::jwk::JwkSet {
+    issuer_http(installed)
+        .await
+        .get(format!("{}/.well-known/jwks.json", install::ISSUER_URL))
         .send()
         .await
         .and_then(|r| r.error_for_status())
@@ -527,4 +541,183 @@ async fn the_standby_operator_takes_over_when_the_leader_is_killed() {
         .unwrap_or_default();
     assert_ne!(holder, leader, "the Lease still names the killed leader");
     eprintln!("standby took over and reconciled in {taken_over:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_client_secret_reaches_the_running_pod_with_no_failed_call() {
+    let sigil = sigil().await;
+    let ns = sigil.namespace("rotate").await;
+    sigil.apply(
+        &ns,
+        &[
+            oauth_client(
+                "rotating",
+                json!({"tokenTTL": "1m", "secretRotation": {"interval": "30s", "gracePeriod": "20s"}}),
+            ),
+            deployment(
+                "rotating",
+                json!({"sigil.dev/client": "rotating", "sigil.dev/token": "true"}),
+                busybox("app", "sleep 100000", 4242),
+            ),
+        ],
+    );
+    wait_client_ready(sigil, &ns, "rotating").await;
+    let pod = sigil.running_pod(&ns, "app=rotating").await;
+    let client_id = format!("rotating.{ns}");
+    let dir = "/var/run/secrets/sigil.dev/rotating";
+    let read = |file: &str| {
+        sigil
+            .exec(&ns, &pod, "app", &["cat", &format!("{dir}/{file}")])
+            .trim()
+            .to_owned()
+    };
+    // Until the pod has seen two rotations and holds a token fetched after
+    // the first: every secret and token the app sees, each token verified.
+    let mut secrets: Vec<String> = Vec::new();
+    let mut tokens: Vec<String> = Vec::new();
+    let mut token_after_rotation = false;
+    let deadline = Instant::now() + Duration::from_secs(150);
+    while secrets.len() < 3 || !token_after_rotation {
+        assert!(
+            Instant::now() < deadline,
+            "in 150 s the pod saw {} client secrets and {} tokens (token after a rotation: {token_after_rotation})",
+            secrets.len(),
+            tokens.len()
+        );
+        let secret = read("client_secret");
+        if secrets.last() != Some(&secret) {
+            secrets.push(secret);
+        }
+        let token = read("token");
+        if !tokens.contains(&token) {
+            verify(&issuer_jwks(sigil).await, &token, &client_id, "demo");
+            tokens.push(token);
+            token_after_rotation |= secrets.len() >= 2;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let agent_log = sigil.kubectl(&["logs", "-n", &ns, &pod, "-c", "sigil-token-agent"]);
+    for bad in ["WARN", "ERROR"] {
+        assert!(
+            !agent_log.contains(bad),
+            "the agent failed a call:\n{agent_log}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_a_serving_issuer_pod_loses_no_token_request() {
+    let sigil = sigil().await;
+    let ns = sigil.namespace("failover").await;
+    sigil.apply(&ns, &[oauth_client("load", json!({}))]);
+    wait_client_ready(sigil, &ns, "load").await;
+    let client = sigil.client().await;
+    let secret = Api::<Secret>::namespaced(client.clone(), &ns)
+        .get("load-oauth")
+        .await
+        .expect("client Secret");
+    let data = secret.data.expect("Secret data");
+    let text = |key: &str| String::from_utf8_lossy(&data[key].0).into_owned();
+    let (client_id, client_secret, token_url) =
+        (text("client_id"), text("client_secret"), text("token_url"));
+    // A new connection per request, so kube-proxy spreads them over both
+    // issuers, the terminating one included.
+    let http = issuer_http_builder(sigil)
+        .await
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("HTTP client");
+
+    let pods: Api<Pod> = Api::namespaced(client, install::SIGIL_NAMESPACE);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (http, id, secret, url, stop) = (
+            http.clone(),
+            client_id.clone(),
+            client_secret.clone(),
+            token_url.clone(),
+            stop.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let result = http
+                    .post(&url)
+                    .basic_auth(&id, Some(&secret))
+                    .form(&[("grant_type", "client_credentials")])
+                    .send()
+                    .await;
+                match result {
+                    Ok(r) if r.status().is_success() => ok += 1,
+                    Ok(r) => failed.push(format!("HTTP {}", r.status())),
+                    Err(e) => failed.push(format!("{e:#}")),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let victim = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/component=issuer"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find_map(|p| p.metadata.name)
+        .expect("an issuer pod");
+    pods.delete(&victim, &DeleteParams::default())
+        .await
+        .expect("deleting an issuer pod");
+    let deleted_at = Instant::now();
+    // Load goes on until the pod is gone (its process exited) and a little
+    // after; the issuer exits on SIGTERM after its 5 s drain delay, well
+    // inside the 30 s grace period.
+    eventually(
+        Duration::from_secs(60),
+        "the deleted issuer pod to be gone",
+        || {
+            let pods = pods.clone();
+            let victim = victim.clone();
+            async move { pods.get_opt(&victim).await.ok()?.is_none().then_some(()) }
+        },
+    )
+    .await;
+    let gone_after = deleted_at.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for worker in workers {
+        let (o, f) = worker.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(
+        gone_after < Duration::from_secs(20),
+        "the issuer took {gone_after:?} to stop: is SIGTERM handled?"
+    );
+    eprintln!(
+        "{ok} tokens while {victim} was deleted (gone after {gone_after:?}); failed: {failed:?}"
+    );
+    assert!(ok > 100, "only {ok} tokens");
+    assert!(
+        failed.is_empty(),
+        "{} requests failed: {failed:?}",
+        failed.len()
+    );
+    // Leave two issuers for the other tests.
+    let issuers: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(sigil.client().await, install::SIGIL_NAMESPACE);
+    eventually(
+        Duration::from_secs(120),
+        "two available issuers again",
+        || {
+            let issuers = issuers.clone();
+            async move {
+                let status = issuers.get("sigil-issuer").await.ok()?.status?;
+                (status.available_replicas == Some(2) && status.replicas == Some(2)).then_some(())
+            }
+        },
+    )
+    .await;
 }
