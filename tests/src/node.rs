@@ -9,7 +9,7 @@
 //! (no upstream).
 //!
 //! One node per machine (the bridge and its address are fixed): its state
-//! lives in [`node_dir`], guarded by a lock file. [`cleanup`] undoes
+//! lives in [`node_dir`], guarded by the lock file `/run/sigil-node.lock`. [`cleanup`] undoes
 //! everything a node leaves behind — container processes, mounts, cgroups,
 //! iptables chains, the bridge, CNI and containerd state — and runs before a
 //! node starts (a killed test cannot clean up after itself) and after it
@@ -94,8 +94,10 @@ impl NodePaths {
     pub fn corefile(&self) -> PathBuf {
         self.dir.join("Corefile")
     }
+    /// One per machine, whatever the node directory: the bridge and its
+    /// address are the machine's.
     pub fn lock_file(&self) -> PathBuf {
-        self.dir.with_extension("lock")
+        PathBuf::from("/run/sigil-node.lock")
     }
     /// `ip_forward` as it was before the node (beside the directory, which
     /// cleanup removes before it restores the value).
