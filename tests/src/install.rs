@@ -86,9 +86,9 @@ pub fn helm_install(cp: &ControlPlane, values: &[&str]) -> anyhow::Result<()> {
     for value in [
         format!("image.operatorRepository={IMAGE_PREFIX}/sigil-operator"),
         format!("image.issuerRepository={IMAGE_PREFIX}/sigil-issuer"),
+        // The chart's default pull policy, IfNotPresent, finds the
+        // imported images and never pulls.
         format!("image.tag={IMAGE_TAG}"),
-        // Imported images cannot be pulled again.
-        "image.pullPolicy=Never".into(),
     ] {
         args.push("--set".into());
         args.push(value);

@@ -159,7 +159,7 @@ fn busybox(name: &str, script: &str, uid: u32) -> Value {
     json!({
         "name": name,
         "image": install::image("busybox"),
-        "imagePullPolicy": "Never",
+        "imagePullPolicy": "IfNotPresent",
         "command": ["sh", "-c", script],
         "securityContext": {
             "runAsNonRoot": true, "runAsUser": uid, "runAsGroup": uid,
@@ -435,8 +435,21 @@ async fn a_pod_naming_a_missing_client_is_refused_and_its_replicaset_says_which(
 #[tokio::test(flavor = "multi_thread")]
 async fn every_sigil_process_runs_restricted() {
     let sigil = sigil().await;
-    // The agent sidecar of another test's pod counts too, when one runs.
-    let mut checked = 0;
+    // A token agent sidecar is a Sigil container too: start one.
+    let ns = sigil.namespace("restricted").await;
+    sigil.apply(
+        &ns,
+        &[
+            oauth_client("agent", json!({})),
+            deployment(
+                "agent",
+                json!({"sigil.dev/client": "agent", "sigil.dev/token": "true"}),
+                busybox("app", "sleep 100000", 4242),
+            ),
+        ],
+    );
+    sigil.running_pod(&ns, "app=agent").await;
+    let (mut checked, mut agents) = (0, 0);
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
@@ -487,10 +500,13 @@ async fn every_sigil_process_runs_restricted() {
             "{program} {pid}: root mounted {options}"
         );
         checked += 1;
+        if cmdline.split(|b| *b == 0).nth(1) == Some(b"agent") {
+            agents += 1;
+        }
     }
-    // Two operators and two issuers at least.
-    assert!(checked >= 4, "found only {checked} Sigil processes");
-    let _ = sigil;
+    // Two operators, two issuers and the agent at least.
+    assert!(checked >= 5, "found only {checked} Sigil processes");
+    assert!(agents >= 1, "no token agent process among them");
 }
 
 #[tokio::test(flavor = "multi_thread")]
