@@ -27,6 +27,8 @@ out="${SIGIL_CACHE:-$HOME/.cache/sigil}/images"
 release="${CARGO_TARGET_DIR:-target}/release"
 busybox=/bin/busybox
 
+# busybox-static is one of the node's Debian packages (installed if missing).
+bash hack/install-node-packages.sh >&2
 [[ -x $busybox ]] && "$busybox" --list | grep -x wget >/dev/null || {
   echo "images.sh: $busybox (Debian's busybox-static) is missing: apt-get install busybox-static" >&2
   exit 1
