@@ -203,10 +203,22 @@ pub struct ServeArgs {
     #[arg(long, env = "SIGIL_WEBHOOK_LISTEN", default_value = "0.0.0.0:9443", value_parser = parse_optional_addr)]
     pub webhook_listen: OptionalAddr,
 
-    /// Open connections per listener (API, webhook, health); more are
-    /// closed as soon as they are accepted.
+    /// Open connections per listener (API, webhook, health). At the limit,
+    /// the connection idle longest (no request in flight: not yet sent one,
+    /// or an idle keep-alive) is closed to make room for a new one; only
+    /// when every connection has a request in flight is the new one closed
+    /// as soon as it is accepted.
     #[arg(long, env = "SIGIL_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+
+    /// Open connections per listener from one source address (IPv6: one
+    /// /64), with the same rule among that source's connections: its own
+    /// idle connection longest idle is closed for its new one. Clients
+    /// behind one NAT or gateway share it; since idle connections make
+    /// room, it bounds their requests in flight at once. At most
+    /// --max-connections.
+    #[arg(long, env = "SIGIL_MAX_CONNECTIONS_PER_SOURCE", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_source: u32,
 
     /// Time a client has for the TLS handshake and for sending a request's
     /// headers; an idle HTTP/1.1 keep-alive connection is closed after it.
@@ -230,6 +242,7 @@ impl ServeArgs {
     pub fn limits(&self) -> serve::Limits {
         serve::Limits {
             max_connections: self.max_connections as usize,
+            max_connections_per_source: self.max_connections_per_source as usize,
             header_read_timeout: self.header_read_timeout,
             request_timeout: self.request_timeout,
             idle_timeout: self.idle_timeout,

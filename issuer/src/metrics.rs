@@ -51,7 +51,10 @@ pub struct Metrics {
     /// Connections per listener (api, webhook, health) and what the limits
     /// of `http::serve` did to them.
     pub connections_open: Family<ListenerLabel, Gauge>,
+    pub connection_sources: Family<ListenerLabel, Gauge>,
     pub connections_refused: Family<ListenerLabel, Counter>,
+    pub connections_refused_per_source: Family<ListenerLabel, Counter>,
+    pub connections_evicted: Family<ListenerLabel, Counter>,
     pub connections_idle_closed: Family<ListenerLabel, Counter>,
     pub requests_timed_out: Family<ListenerLabel, Counter>,
 }
@@ -152,11 +155,29 @@ impl Metrics {
             "Open HTTP connections by listener (api, webhook, health)",
             connections_open.clone(),
         );
+        let connection_sources = Family::<ListenerLabel, Gauge>::default();
+        registry.register(
+            "connection_sources",
+            "Source addresses (IPv6: /64 prefixes) with open connections, by listener",
+            connection_sources.clone(),
+        );
         let connections_refused = Family::<ListenerLabel, Counter>::default();
         registry.register(
             "connections_refused",
-            "Connections closed at accept because --max-connections were open, by listener",
+            "Connections closed at accept because --max-connections were open, each with a request in flight, by listener",
             connections_refused.clone(),
+        );
+        let connections_refused_per_source = Family::<ListenerLabel, Counter>::default();
+        registry.register(
+            "connections_refused_per_source",
+            "Connections closed at accept because --max-connections-per-source were open from their source, each with a request in flight, by listener",
+            connections_refused_per_source.clone(),
+        );
+        let connections_evicted = Family::<ListenerLabel, Counter>::default();
+        registry.register(
+            "connections_evicted",
+            "Connections without a request in flight closed to make room for a new one at --max-connections or --max-connections-per-source, by listener",
+            connections_evicted.clone(),
         );
         let connections_idle_closed = Family::<ListenerLabel, Counter>::default();
         registry.register(
@@ -186,7 +207,10 @@ impl Metrics {
             undecodable_objects,
             admission_reviews,
             connections_open,
+            connection_sources,
             connections_refused,
+            connections_refused_per_source,
+            connections_evicted,
             connections_idle_closed,
             requests_timed_out,
         }
@@ -200,7 +224,13 @@ impl Metrics {
         let label = ListenerLabel { listener };
         crate::http::serve::ConnectionMetrics {
             open: self.connections_open.get_or_create(&label).clone(),
+            sources: self.connection_sources.get_or_create(&label).clone(),
             refused: self.connections_refused.get_or_create(&label).clone(),
+            refused_per_source: self
+                .connections_refused_per_source
+                .get_or_create(&label)
+                .clone(),
+            evicted: self.connections_evicted.get_or_create(&label).clone(),
             idle_closed: self.connections_idle_closed.get_or_create(&label).clone(),
             request_timeouts: self.requests_timed_out.get_or_create(&label).clone(),
         }

@@ -25,13 +25,13 @@ use std::time::{Duration, Instant};
 /// The key of a source: an IPv4 address, or an IPv6 /64 (one host usually
 /// holds a whole /64, so per-address keys would be free to rotate).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-enum SourceKey {
+pub(crate) enum SourceKey {
     V4([u8; 4]),
     V6Prefix([u8; 8]),
 }
 
 impl SourceKey {
-    fn of(ip: IpAddr) -> Self {
+    pub(crate) fn of(ip: IpAddr) -> Self {
         match ip {
             IpAddr::V4(v4) => SourceKey::V4(v4.octets()),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
