@@ -221,7 +221,9 @@ pub struct ServeArgs {
     pub max_connections_per_source: u32,
 
     /// Time a client has for the TLS handshake and for sending a request's
-    /// headers; an idle HTTP/1.1 keep-alive connection is closed after it.
+    /// headers: the first request's counted from the accept (plain) or the
+    /// end of the handshake (TLS), HTTP/1.1 or HTTP/2; an idle HTTP/1.1
+    /// keep-alive connection is closed after it.
     #[arg(long, env = "SIGIL_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub header_read_timeout: std::time::Duration,
 

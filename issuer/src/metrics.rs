@@ -56,6 +56,7 @@ pub struct Metrics {
     pub connections_refused_per_source: Family<ListenerLabel, Counter>,
     pub connections_evicted: Family<ListenerLabel, Counter>,
     pub connections_idle_closed: Family<ListenerLabel, Counter>,
+    pub connections_header_timeout: Family<ListenerLabel, Counter>,
     pub requests_timed_out: Family<ListenerLabel, Counter>,
 }
 
@@ -185,6 +186,12 @@ impl Metrics {
             "Connections closed by --idle-timeout, by listener",
             connections_idle_closed.clone(),
         );
+        let connections_header_timeout = Family::<ListenerLabel, Counter>::default();
+        registry.register(
+            "connections_header_timeout",
+            "Connections closed for sending no request headers within --header-read-timeout of their accept (plain) or TLS handshake, by listener",
+            connections_header_timeout.clone(),
+        );
         let requests_timed_out = Family::<ListenerLabel, Counter>::default();
         registry.register(
             "requests_timed_out",
@@ -212,6 +219,7 @@ impl Metrics {
             connections_refused_per_source,
             connections_evicted,
             connections_idle_closed,
+            connections_header_timeout,
             requests_timed_out,
         }
     }
@@ -232,6 +240,10 @@ impl Metrics {
                 .clone(),
             evicted: self.connections_evicted.get_or_create(&label).clone(),
             idle_closed: self.connections_idle_closed.get_or_create(&label).clone(),
+            header_timeouts: self
+                .connections_header_timeout
+                .get_or_create(&label)
+                .clone(),
             request_timeouts: self.requests_timed_out.get_or_create(&label).clone(),
         }
     }

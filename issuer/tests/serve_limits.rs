@@ -267,8 +267,8 @@ async fn slow_body_gets_408_tls() {
     slow_body_gets_408(true).await;
 }
 
-/// A connection that sends nothing at all: closed after the idle timeout
-/// (plain) or the handshake timeout (TLS).
+/// A connection that sends nothing at all: closed after the header-read
+/// timeout (plain) or the handshake timeout (TLS), the same time.
 async fn silent_connection_is_closed(tls: bool) -> Duration {
     let server = Server::start(tls).await;
     let mut tcp = TcpStream::connect(server.addr).await.unwrap();
@@ -279,11 +279,11 @@ async fn silent_connection_is_closed(tls: bool) -> Duration {
 }
 
 #[tokio::test]
-async fn silent_connection_is_closed_after_the_idle_timeout() {
+async fn silent_connection_is_closed_after_the_header_read_timeout() {
     let elapsed = silent_connection_is_closed(false).await;
     assert!(
-        elapsed >= LIMITS.idle_timeout - Duration::from_millis(100)
-            && elapsed < LIMITS.idle_timeout + Duration::from_secs(1),
+        elapsed >= LIMITS.header_read_timeout - Duration::from_millis(100)
+            && elapsed < LIMITS.header_read_timeout + Duration::from_secs(1),
         "closed after {elapsed:?}"
     );
 }
@@ -295,6 +295,53 @@ async fn silent_tls_connection_is_closed_after_the_handshake_timeout() {
         elapsed < LIMITS.header_read_timeout + Duration::from_secs(1),
         "closed after {elapsed:?}"
     );
+}
+
+/// A TLS connection that completes the handshake and then sends nothing:
+/// closed after the header-read timeout from the end of the handshake (not
+/// the idle timeout), and counted.
+#[tokio::test]
+async fn silent_tls_connection_after_the_handshake_is_closed_after_the_header_read_timeout() {
+    let server = Server::start(true).await;
+    let mut stream = server.connect().await;
+    let started = Instant::now();
+    let (_, closed) = read_until_closed(&mut stream, LIMITS.idle_timeout * 2).await;
+    assert!(closed, "a silent TLS connection is still open");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= LIMITS.header_read_timeout - Duration::from_millis(100)
+            && elapsed < LIMITS.header_read_timeout + Duration::from_millis(500),
+        "closed after {elapsed:?}"
+    );
+    assert_eq!(server.metrics.header_timeouts.get(), 1);
+    assert_eq!(server.metrics.idle_closed.get(), 0);
+}
+
+/// An HTTP/2 connection (prior knowledge) that sends its preface and
+/// settings but no request: closed after the header-read timeout.
+#[tokio::test]
+async fn http2_connection_without_a_request_is_closed_after_the_header_read_timeout() {
+    let server = Server::start(false).await;
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let started = Instant::now();
+    let (_sender, connection) =
+        hyper::client::conn::http2::handshake::<_, _, http_body_util::Empty<bytes::Bytes>>(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(LIMITS.idle_timeout * 2, connection).await;
+    assert!(
+        ended.is_ok(),
+        "an HTTP/2 connection without requests is still open"
+    );
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < LIMITS.header_read_timeout + Duration::from_millis(500),
+        "closed after {elapsed:?}"
+    );
+    assert_eq!(server.metrics.header_timeouts.get(), 1);
 }
 
 async fn idle_keep_alive_is_closed(tls: bool) {

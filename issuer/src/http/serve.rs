@@ -62,9 +62,11 @@ pub struct Limits {
     /// Open connections per listener from one source address (IPv6: /64),
     /// with the same rule among that source's connections.
     pub max_connections_per_source: usize,
-    /// Time to finish the TLS handshake, and to send a request's headers
-    /// (HTTP/1: counted from when the server waits for a request, so it is
-    /// also how long an idle keep-alive connection stays open).
+    /// Time to finish the TLS handshake, and to send a request's headers:
+    /// the first request's from the accept (plain) or the end of the
+    /// handshake (TLS), whatever the protocol; HTTP/1's next ones from when
+    /// the server waits for them, so it is also how long an idle
+    /// keep-alive connection stays open.
     pub header_read_timeout: Duration,
     /// Time from the headers to the end of the response (reading the body
     /// included); then 408.
@@ -105,6 +107,9 @@ pub struct ConnectionMetrics {
     pub evicted: Counter,
     /// Connections closed by the idle timeout.
     pub idle_closed: Counter,
+    /// Connections closed for sending no request headers within the
+    /// header-read timeout of their accept or TLS handshake.
+    pub header_timeouts: Counter,
     /// Requests answered 408 by the request timeout.
     pub request_timeouts: Counter,
 }
@@ -212,15 +217,18 @@ pub async fn serve(
             metrics.sources.clone(),
         ),
         idle_timeout: limits.idle_timeout,
+        header_read_timeout: limits.header_read_timeout,
         metrics,
     };
     let server = axum_server::Server::<SocketAddr>::from_listener(listener);
     let result = match tls {
         Some(tls) => {
             tracing::info!(%addr, "listening (https)");
-            let acceptor = RustlsAcceptor::new(tls.config)
-                .handshake_timeout(limits.header_read_timeout)
-                .acceptor(admit);
+            let acceptor = AfterHandshake(
+                RustlsAcceptor::new(tls.config)
+                    .handshake_timeout(limits.header_read_timeout)
+                    .acceptor(admit),
+            );
             let mut server = server.acceptor(acceptor);
             configure(server.http_builder(), &limits);
             server.serve(make_service).await
@@ -256,6 +264,7 @@ fn configure(
 struct Admit {
     slots: Arc<Slots>,
     idle_timeout: Duration,
+    header_read_timeout: Duration,
     metrics: ConnectionMetrics,
 }
 
@@ -290,11 +299,14 @@ impl<S> Accept<TcpStream, S> for Admit {
         let _ = stream.set_nodelay(true);
         self.metrics.open.inc();
         let requests = admitted.slot.requests();
+        let now = Instant::now();
         ready(Ok((
             Guarded {
                 inner: stream,
                 idle_timeout: self.idle_timeout,
-                active: Instant::now(),
+                header_read_timeout: self.header_read_timeout,
+                first_request_by: now + self.header_read_timeout,
+                active: now,
                 read_since_write: false,
                 idle: Box::pin(tokio::time::sleep(self.idle_timeout)),
                 timed_out: false,
@@ -306,6 +318,34 @@ impl<S> Accept<TcpStream, S> for Admit {
                 requests,
             },
         )))
+    }
+}
+
+/// Restarts a TLS connection's header-read deadline when the handshake is
+/// done: the handshake had its own timeout, and hyper's own header-read
+/// timer starts only once HTTP/1 is detected, so without this a connection
+/// that completes the handshake and sends nothing would be held until the
+/// idle timeout.
+#[derive(Clone)]
+struct AfterHandshake<A>(A);
+
+impl<A, S> Accept<TcpStream, S> for AfterHandshake<A>
+where
+    A: Accept<TcpStream, S, Stream = tokio_rustls::server::TlsStream<Guarded>>,
+    A::Future: Send + 'static,
+    A::Service: Send + 'static,
+{
+    type Stream = A::Stream;
+    type Service = A::Service;
+    type Future = Pin<Box<dyn Future<Output = io::Result<(A::Stream, A::Service)>> + Send>>;
+
+    fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
+        let handshake = self.0.accept(stream, service);
+        Box::pin(async move {
+            let (mut stream, service) = handshake.await?;
+            stream.get_mut().0.restart_header_deadline();
+            Ok((stream, service))
+        })
     }
 }
 
@@ -375,7 +415,8 @@ impl hyper::body::Body for TrackedBody {
 }
 
 /// An admitted connection: holds its slot until dropped, and fails its
-/// reads and writes once it has been idle for `idle_timeout` or was
+/// reads and writes once it has been idle for `idle_timeout`, sent no
+/// request headers within `header_read_timeout` of its start, or was
 /// evicted to make room. Idle means: the server wrote nothing and no new
 /// request started; bytes trickling in for a request already started do
 /// not count, so a slow sender cannot keep a connection open with one byte
@@ -383,6 +424,10 @@ impl hyper::body::Body for TrackedBody {
 struct Guarded {
     inner: TcpStream,
     idle_timeout: Duration,
+    header_read_timeout: Duration,
+    /// Until the first request's headers: the accept (or the end of the
+    /// TLS handshake) plus `header_read_timeout`.
+    first_request_by: Instant,
     /// The last write, or the first read after it.
     active: Instant,
     read_since_write: bool,
@@ -429,21 +474,39 @@ impl Guarded {
         }
     }
 
-    /// Ready with an error once the connection is idle or evicted;
-    /// otherwise arms the timer for the current deadline (and registers
-    /// the task to wake on eviction).
+    /// The TLS handshake is done: the first request's headers are due
+    /// within `header_read_timeout` from now.
+    fn restart_header_deadline(&mut self) {
+        self.first_request_by = Instant::now() + self.header_read_timeout;
+    }
+
+    /// The first request's headers are due by then (none once they came).
+    fn header_deadline(&self) -> Option<Instant> {
+        (!self.slot.conn().has_requested()).then_some(self.first_request_by)
+    }
+
+    /// Ready with an error once the connection is idle, late with its
+    /// first request or evicted; otherwise arms the timer for the nearest
+    /// deadline (and registers the task to wake on eviction).
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         self.slot.conn().register(cx.waker());
         loop {
             if let Some(error) = self.closed() {
                 return Poll::Ready(error);
             }
-            let deadline = self.active + self.idle_timeout;
+            let idle_deadline = self.active + self.idle_timeout;
+            let header_deadline = self.header_deadline();
+            let deadline = header_deadline.map_or(idle_deadline, |h| h.min(idle_deadline));
             if self.idle.deadline() != deadline {
                 self.idle.as_mut().reset(deadline);
             }
             ready!(self.idle.as_mut().poll(cx));
-            if self.active + self.idle_timeout <= Instant::now() {
+            // The deadlines may have moved while the timer ran.
+            let now = Instant::now();
+            if self.header_deadline().is_some_and(|h| h <= now) {
+                self.timed_out = true;
+                self.metrics.header_timeouts.inc();
+            } else if self.active + self.idle_timeout <= now {
                 self.timed_out = true;
                 self.metrics.idle_closed.inc();
             }

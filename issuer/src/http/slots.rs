@@ -38,6 +38,8 @@ use super::ratelimit::SourceKey;
 pub(crate) struct Conn {
     id: u64,
     evicted: AtomicBool,
+    /// Set by the first request: the connection is past its first headers.
+    requested: AtomicBool,
     waker: AtomicWaker,
 }
 
@@ -45,6 +47,11 @@ impl Conn {
     /// Whether the registry closed this connection to make room.
     pub(crate) fn is_evicted(&self) -> bool {
         self.evicted.load(Ordering::Acquire)
+    }
+
+    /// Whether any request has started on this connection.
+    pub(crate) fn has_requested(&self) -> bool {
+        self.requested.load(Ordering::Acquire)
     }
 
     /// The task to wake on eviction (call before returning `Pending`, then
@@ -200,6 +207,7 @@ impl Slots {
         let conn = Arc::new(Conn {
             id,
             evicted: AtomicBool::new(false),
+            requested: AtomicBool::new(false),
             waker: AtomicWaker::new(),
         });
         inner.conns.insert(
@@ -282,6 +290,7 @@ impl Requests {
     /// A request's headers arrived; it is in flight until the guard drops
     /// (with the response body).
     pub(crate) fn start(&self) -> InFlight {
+        self.conn.requested.store(true, Ordering::Release);
         self.slots.lock().set_busy(self.conn.id);
         InFlight {
             requests: self.clone(),
