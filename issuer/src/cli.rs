@@ -141,6 +141,14 @@ pub struct ServeArgs {
     #[arg(long, env = "SIGIL_FAILED_AUTH_PER_MINUTE", default_value = "60")]
     pub failed_auth_per_minute: NonZeroU32,
 
+    /// Failed client authentications logged per second at most, all
+    /// sources together (that many at once). Only failures within their
+    /// source's budget are logged, plus the first one over it; the others
+    /// are counted in sigil_issuer_failed_auth_logs_suppressed_total and
+    /// summed up in one line every 30 s.
+    #[arg(long, env = "SIGIL_FAILED_AUTH_LOG_LINES_PER_SECOND", default_value_t = NonZeroU32::new(state::DEFAULT_FAILED_AUTH_LOG_LINES_PER_SECOND).unwrap_or(NonZeroU32::MIN))]
+    pub failed_auth_log_lines_per_second: NonZeroU32,
+
     /// Source addresses (IPv6: /64 prefixes) whose failures are counted at
     /// most; at the limit the one closest to a full budget is forgotten.
     #[arg(long, env = "SIGIL_MAX_TRACKED_SOURCES", default_value_t = state::DEFAULT_MAX_TRACKED_SOURCES)]
@@ -257,6 +265,7 @@ impl ServeArgs {
             token_typ: self.token_typ,
             failed_auth_per_minute: self.failed_auth_per_minute,
             max_tracked_sources: self.max_tracked_sources,
+            failed_auth_log_lines_per_second: self.failed_auth_log_lines_per_second,
             replay: ReplayLimits {
                 total: self.max_remembered_assertions,
                 per_client: self.max_remembered_assertions_per_client,

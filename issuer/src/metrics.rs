@@ -19,6 +19,11 @@ pub struct ResourceLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabel {
     pub listener: &'static str,
 }
@@ -48,6 +53,10 @@ pub struct Metrics {
     pub assertions_refused_for_capacity: Counter,
     /// Source addresses whose failed authentications are being counted.
     pub failed_auth_tracked_sources: Gauge,
+    /// Failed authentications not logged: `source_over_budget` (the
+    /// source's failures get 429) or `lines_per_second` (over
+    /// --failed-auth-log-lines-per-second).
+    pub failed_auth_logs_suppressed: Family<ReasonLabel, Counter>,
     /// Connections per listener (api, webhook, health) and what the limits
     /// of `http::serve` did to them.
     pub connections_open: Family<ListenerLabel, Gauge>,
@@ -150,6 +159,12 @@ impl Metrics {
             "Source addresses whose failed client authentications are being counted",
             failed_auth_tracked_sources.clone(),
         );
+        let failed_auth_logs_suppressed = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "failed_auth_logs_suppressed",
+            "Failed client authentications not logged, by reason: source_over_budget (after the first of a source's spell over its failure budget) or lines_per_second (over --failed-auth-log-lines-per-second)",
+            failed_auth_logs_suppressed.clone(),
+        );
         let connections_open = Family::<ListenerLabel, Gauge>::default();
         registry.register(
             "connections_open",
@@ -204,6 +219,7 @@ impl Metrics {
             remembered_assertions,
             assertions_refused_for_capacity,
             failed_auth_tracked_sources,
+            failed_auth_logs_suppressed,
             token_requests,
             token_latency,
             introspection_requests,
