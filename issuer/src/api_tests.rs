@@ -407,6 +407,35 @@ async fn unknown_audience_is_invalid_target() {
 }
 
 #[tokio::test]
+async fn a_body_over_64_kib_is_413() {
+    let f = fixture();
+    let big = format!(
+        "grant_type=client_credentials&pad={}",
+        "p".repeat(64 * 1024)
+    );
+    // Its length declared.
+    let reply = token(&f, &big, Some(&basic(TASK_ID, TASK_SECRET))).await;
+    assert_oauth_error(&reply, StatusCode::PAYLOAD_TOO_LARGE, "invalid_request");
+    // Chunked: refused when it passes the limit.
+    let chunks: Vec<Result<String, std::io::Error>> =
+        vec![Ok(big[..40_000].to_owned()), Ok(big[40_000..].to_owned())];
+    let mut request = form_request(
+        "/oauth2/token",
+        "",
+        Some(&basic(TASK_ID, TASK_SECRET)),
+        [10, 0, 0, 1],
+    );
+    *request.body_mut() = Body::from_stream(futures::stream::iter(chunks));
+    let reply = send(crate::http::api_router(f.app.clone()), request).await;
+    assert_oauth_error(&reply, StatusCode::PAYLOAD_TOO_LARGE, "invalid_request");
+    // Right at the limit, the form is read.
+    let padded = "grant_type=client_credentials&pad=";
+    let at_limit = format!("{padded}{}", "p".repeat(64 * 1024 - padded.len()));
+    let reply = token(&f, &at_limit, Some(&basic(TASK_ID, TASK_SECRET))).await;
+    assert_eq!(reply.status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn wrong_secret_is_401_invalid_client_with_www_authenticate() {
     let f = fixture();
     let reply = token(

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use sigil_issuer::http::serve::{self, ConnectionMetrics, Limits, Tls};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -42,15 +43,26 @@ impl Server {
     async fn start_with(tls: bool, limits: Limits) -> Server {
         let posts = Arc::new(AtomicUsize::new(0));
         let counted = posts.clone();
-        let router = Router::new().route("/a", get(|| async { "a" })).route(
-            "/b",
-            post(|body: String| async move { body }).layer(tower::util::MapRequestLayer::new(
-                move |request: axum::extract::Request| {
-                    counted.fetch_add(1, Ordering::SeqCst);
-                    request
-                },
-            )),
-        );
+        let router = Router::new()
+            .route("/a", get(|| async { "a" }))
+            .route(
+                "/form",
+                post(|request: axum::extract::Request| async move {
+                    match sigil_issuer::http::form::read_form_request(request).await {
+                        Ok(_) => "f".into_response(),
+                        Err(error) => error.into_response(),
+                    }
+                }),
+            )
+            .route(
+                "/b",
+                post(|body: String| async move { body }).layer(tower::util::MapRequestLayer::new(
+                    move |request: axum::extract::Request| {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        request
+                    },
+                )),
+            );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let metrics = ConnectionMetrics::default();
@@ -652,4 +664,46 @@ async fn connections_per_source_plain() {
 #[tokio::test]
 async fn connections_per_source_tls() {
     connections_per_source(true).await;
+}
+
+/// A declared Content-Length over the form limit is answered 413 at once,
+/// without waiting for the body (or the request timeout).
+async fn declared_oversized_body_gets_413_at_once(tls: bool) {
+    let server = Server::start_with(tls, BUSY_LIMITS).await;
+    let mut stream = server.connect().await;
+    let started = Instant::now();
+    stream
+        .write_all(
+            b"POST /form HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 10737418240\r\n\r\ngrant_type=",
+        )
+        .await
+        .unwrap();
+    let (answer, _) = read_until_closed(&mut stream, Duration::from_secs(2)).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    // Within the limit, the form is read.
+    let mut stream = server.connect().await;
+    stream
+        .write_all(b"POST /form HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1\r\n\r\na")
+        .await
+        .unwrap();
+    assert!(
+        read_responses(&mut stream, 1, Duration::from_secs(2))
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+}
+
+#[tokio::test]
+async fn declared_oversized_body_gets_413_at_once_plain() {
+    declared_oversized_body_gets_413_at_once(false).await;
+}
+
+#[tokio::test]
+async fn declared_oversized_body_gets_413_at_once_tls() {
+    declared_oversized_body_gets_413_at_once(true).await;
 }
