@@ -21,9 +21,9 @@
 //!    its failure budget.
 //! 3. `connections`: twice `--max-connections` connections held open from
 //!    `--flood-sources` addresses (127.2.x.y): silent TCP, idle TLS after the
-//!    handshake, slowloris headers and slow bodies (a byte a second), each
+//!    handshake, slowloris headers and slow 64 KiB bodies (a byte a second), each
 //!    reopened as soon as the issuer closes it (after 1 s if it was closed
-//!    at once, i.e. refused at the limit).
+//!    within 1 s: refused at the limit, or closed to make room).
 //! 4. `big`: oversized requests, each on a fresh connection (each of the
 //!    flood's connections sends one kind): a 1 MiB and an 8 MiB chunked
 //!    body, a 1 MiB header, 1,000 headers, a 48 KiB Authorization, a 60 KiB
@@ -34,7 +34,7 @@
 //! token with the right secret `--honest-rate` times a second, each time on
 //! a fresh connection, without retrying: a refused connection, an error or
 //! no answer within `--honest-timeout` is a failure. The issuer's VmRSS is
-//! read from /proc every 250 ms. Honest client and sampler run on their own
+//! read from /proc every 250 ms, and the lines it logs are counted. Honest client and sampler run on their own
 //! thread and runtime, so the attack's load on this process does not delay
 //! them.
 
@@ -76,6 +76,9 @@ pub struct AttackArgs {
     /// many.
     #[arg(long, default_value_t = sigil_issuer::http::serve::Limits::default().max_connections)]
     max_connections: usize,
+    /// The issuer's --max-connections-per-source.
+    #[arg(long, default_value_t = sigil_issuer::http::serve::Limits::default().max_connections_per_source)]
+    max_connections_per_source: usize,
     /// The issuer's --max-remembered-assertions.
     #[arg(long, default_value_t = ReplayLimits::default().total)]
     max_remembered_assertions: usize,
@@ -138,7 +141,8 @@ const HONEST_ID: &str = "honest.attack";
 const HONEST_SOURCE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
 /// The jti and big-request floods.
 const ATTACKER_SOURCE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
-/// A connection the issuer closes sooner than this was refused at accept.
+/// A connection the issuer closes sooner than this was refused at accept
+/// or closed to make room for another.
 const REFUSED_WITHIN: Duration = Duration::from_secs(1);
 
 fn jwt_client_id(index: usize) -> String {
@@ -326,6 +330,22 @@ impl Issuer {
         lines[lines.len().saturating_sub(10)..].join("\n")
     }
 
+    /// Lines the issuer has logged so far.
+    fn log_lines(&self) -> u64 {
+        std::fs::read(&self.log)
+            .map(|text| text.iter().filter(|&&b| b == b'\n').count() as u64)
+            .unwrap_or(0)
+    }
+
+    /// A connection counter of the API listener
+    /// (`sigil_issuer_connections_{name}_total`).
+    async fn api_connections(&self, name: &str) -> anyhow::Result<f64> {
+        self.metric(&format!(
+            "sigil_issuer_connections_{name}_total{{listener=\"api\""
+        ))
+        .await
+    }
+
     /// A value of the issuer's /metrics (the first sample whose name and
     /// labels start with `name`).
     async fn metric(&self, name: &str) -> anyhow::Result<f64> {
@@ -418,6 +438,10 @@ fn start_issuer(
         .args(["--health-listen", &health.to_string()])
         .args(["--issuer-url", &url])
         .args(["--max-connections", &args.max_connections.to_string()])
+        .args([
+            "--max-connections-per-source",
+            &args.max_connections_per_source.to_string(),
+        ])
         .args([
             "--max-remembered-assertions",
             &args.max_remembered_assertions.to_string(),
@@ -854,7 +878,8 @@ enum Hold {
     Idle,
     /// Headers a line a second, never finished.
     SlowHeaders,
-    /// Headers, then the body a byte a second.
+    /// Headers (a 64 KiB body, the largest accepted), then the body a byte
+    /// a second.
     SlowBody,
 }
 
@@ -876,10 +901,17 @@ async fn connection_flood(attack: Arc<Attack>, deadline: Instant) -> anyhow::Res
     let until = tokio::time::Instant::from_std(deadline);
     let held = 2 * attack.args.max_connections;
     let sources = attack.args.flood_sources;
-    let refused_before = attack
-        .issuer
-        .metric("sigil_issuer_connections_refused_total{listener=\"api\"")
-        .await?;
+    const COUNTERS: [&str; 5] = [
+        "refused",
+        "refused_per_source",
+        "evicted",
+        "header_timeout",
+        "idle_closed",
+    ];
+    let mut before = Vec::new();
+    for name in COUNTERS {
+        before.push(attack.issuer.api_connections(name).await?);
+    }
     let mut workers = tokio::task::JoinSet::new();
     for task in 0..held {
         let attack = attack.clone();
@@ -922,7 +954,7 @@ async fn connection_flood(attack: Arc<Attack>, deadline: Instant) -> anyhow::Res
                         Hold::SlowBody => {
                             let headers = head(&[
                                 "content-type: application/x-www-form-urlencoded",
-                                "content-length: 100000",
+                                "content-length: 65536",
                             ]);
                             let byte = Bytes::from_static(b"a");
                             let parts = std::iter::once(headers).chain(std::iter::repeat(byte));
@@ -932,7 +964,7 @@ async fn connection_flood(attack: Arc<Attack>, deadline: Instant) -> anyhow::Res
                 };
                 tally.add("opened", 1);
                 if answer == Answer::Closed && opened.elapsed() < REFUSED_WITHIN {
-                    tally.add("refused at once", 1);
+                    tally.add("closed within 1 s", 1);
                     tokio::time::sleep(REFUSED_WITHIN).await;
                 } else {
                     tally.add(
@@ -959,22 +991,24 @@ async fn connection_flood(attack: Arc<Attack>, deadline: Instant) -> anyhow::Res
     while let Some(result) = workers.join_next().await {
         tally.merge(result?);
     }
-    let refused = attack
-        .issuer
-        .metric("sigil_issuer_connections_refused_total{listener=\"api\"")
-        .await?
-        - refused_before;
+    let mut counted = Vec::new();
+    for (name, before) in COUNTERS.into_iter().zip(before) {
+        let delta = attack.issuer.api_connections(name).await? - before;
+        counted.push(format!("{name} {delta}"));
+    }
     let opened = tally.count("opened");
-    let refused_at_once = tally.count("refused at once");
+    let closed_at_once = tally.count("closed within 1 s");
     tally.0.remove("opened");
-    tally.0.remove("refused at once");
+    tally.0.remove("closed within 1 s");
     Ok(Outcome {
         made: opened,
         unit: "connections",
         notes: vec![
             format!(
-                "{held} held at a time from {sources} address(es); the issuer had {open_mid} open at mid-phase (limit {}) and refused {refused} at accept; {refused_at_once} closed within 1 s",
-                attack.args.max_connections
+                "{held} held at a time from {sources} address(es); the issuer had {open_mid} open at mid-phase (limits {} total, {} per source); its connection counters: {}; {closed_at_once} closed within 1 s of opening",
+                attack.args.max_connections,
+                attack.args.max_connections_per_source,
+                counted.join(", ")
             ),
             tally.show(),
         ],
@@ -1129,6 +1163,8 @@ struct Row {
     outcome: Outcome,
     honest: Honest,
     rss_kib: Vec<u64>,
+    /// Lines the issuer logged during the phase.
+    log_lines: u64,
 }
 
 fn mib(kib: u64) -> f64 {
@@ -1203,14 +1239,16 @@ fn run_in(args: AttackArgs, dir: &Path) -> anyhow::Result<()> {
     );
     let at_rest = rss_kib(pid).context("no VmRSS for the issuer")?;
     println!(
-        "# sigil-bench attack: release issuer (pid {pid}) in standalone mode over {}, {} s per phase; honest client: {} token requests/s with the right client_secret, each on a fresh connection, no retries, {} s timeout; limits: --max-connections {}, --max-remembered-assertions {} ({} per client); {} cores online",
+        "# sigil-bench attack: release issuer (pid {pid}) in standalone mode over {}, {} s per phase; honest client: {} token requests/s with the right client_secret, each on a fresh connection, no retries, {} s timeout; limits: --max-connections {} ({} per source), --max-remembered-assertions {} ({} per client); connection flood from {} address(es); {} cores online",
         if args.plain { "plain HTTP" } else { "TLS" },
         args.seconds,
         args.honest_rate,
         args.honest_timeout,
         args.max_connections,
+        args.max_connections_per_source,
         args.max_remembered_assertions,
         args.max_remembered_assertions_per_client,
+        args.flood_sources,
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0)
@@ -1220,6 +1258,7 @@ fn run_in(args: AttackArgs, dir: &Path) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for &phase in &args.phases {
         let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
+        let lines_before = attack.issuer.log_lines();
         let watch = monitor(target.clone(), authorization.clone(), args, pid, deadline);
         let outcome = runtime.block_on(async {
             let attack = attack.clone();
@@ -1240,22 +1279,23 @@ fn run_in(args: AttackArgs, dir: &Path) -> anyhow::Result<()> {
             watched.honest.successes,
             watched.honest.attempts
         );
+        // Let the issuer close what the phase left behind.
+        std::thread::sleep(Duration::from_secs(2));
         rows.push(Row {
             phase,
             outcome,
             honest: watched.honest,
             rss_kib: watched.rss_kib,
+            log_lines: attack.issuer.log_lines().saturating_sub(lines_before),
         });
-        // Let the issuer close what the phase left behind.
-        std::thread::sleep(Duration::from_secs(2));
     }
 
     let bound_kib = args.rss_bound_mib * 1024;
     println!();
     println!(
-        "| phase | attack | honest attempts | honest successes | honest success | issuer RSS min MiB | issuer RSS max MiB | bound MiB |"
+        "| phase | attack | honest attempts | honest successes | honest success | issuer RSS min MiB | issuer RSS max MiB | bound MiB | issuer log lines |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut failures = Vec::new();
     for row in &rows {
         let percent = 100.0 * row.honest.successes as f64 / row.honest.attempts.max(1) as f64;
@@ -1264,7 +1304,7 @@ fn run_in(args: AttackArgs, dir: &Path) -> anyhow::Result<()> {
             row.rss_kib.iter().copied().max().unwrap_or(0),
         );
         println!(
-            "| {} | {} {} | {} | {} | {:.1}% | {:.1} | {:.1} | {} |",
+            "| {} | {} {} | {} | {} | {:.1}% | {:.1} | {:.1} | {} | {} |",
             row.phase.name(),
             row.outcome.made,
             row.outcome.unit,
@@ -1273,7 +1313,8 @@ fn run_in(args: AttackArgs, dir: &Path) -> anyhow::Result<()> {
             percent,
             mib(min),
             mib(max),
-            args.rss_bound_mib
+            args.rss_bound_mib,
+            row.log_lines
         );
         if row.honest.attempts == 0 || row.honest.successes < row.honest.attempts {
             failures.push(format!(

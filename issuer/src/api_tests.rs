@@ -407,6 +407,35 @@ async fn unknown_audience_is_invalid_target() {
 }
 
 #[tokio::test]
+async fn a_body_over_64_kib_is_413() {
+    let f = fixture();
+    let big = format!(
+        "grant_type=client_credentials&pad={}",
+        "p".repeat(64 * 1024)
+    );
+    // Its length declared.
+    let reply = token(&f, &big, Some(&basic(TASK_ID, TASK_SECRET))).await;
+    assert_oauth_error(&reply, StatusCode::PAYLOAD_TOO_LARGE, "invalid_request");
+    // Chunked: refused when it passes the limit.
+    let chunks: Vec<Result<String, std::io::Error>> =
+        vec![Ok(big[..40_000].to_owned()), Ok(big[40_000..].to_owned())];
+    let mut request = form_request(
+        "/oauth2/token",
+        "",
+        Some(&basic(TASK_ID, TASK_SECRET)),
+        [10, 0, 0, 1],
+    );
+    *request.body_mut() = Body::from_stream(futures::stream::iter(chunks));
+    let reply = send(crate::http::api_router(f.app.clone()), request).await;
+    assert_oauth_error(&reply, StatusCode::PAYLOAD_TOO_LARGE, "invalid_request");
+    // Right at the limit, the form is read.
+    let padded = "grant_type=client_credentials&pad=";
+    let at_limit = format!("{padded}{}", "p".repeat(64 * 1024 - padded.len()));
+    let reply = token(&f, &at_limit, Some(&basic(TASK_ID, TASK_SECRET))).await;
+    assert_eq!(reply.status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn wrong_secret_is_401_invalid_client_with_www_authenticate() {
     let f = fixture();
     let reply = token(
@@ -1716,7 +1745,11 @@ async fn capture_logs_of_every_path() {
         .finish();
     tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
 
-    let f = fixture();
+    // Every path's line, whatever the failure log budget (tested below).
+    let f = fixture_with(Settings {
+        failed_auth_log_lines_per_second: NonZeroU32::MAX,
+        ..settings()
+    });
     let ok = task_token(&f, "").await;
     let access_token = ok.body["access_token"].as_str().expect("token").to_owned();
     let wrong_secret = "wrong-secret-that-must-not-be-logged";
@@ -1743,7 +1776,7 @@ async fn capture_logs_of_every_path() {
     claims["sub"] = format!("{}{}", "S".repeat(64), "T".repeat(2_000)).into();
     let unknown_jwt = assertion(&f, claims);
     assertion_token(&f, &unknown_jwt).await;
-    // Rate-limited failures (429) are logged too.
+    // The first rate-limited failure (429) of the source is logged too.
     for _ in 0..70 {
         token(
             &f,
@@ -1775,7 +1808,51 @@ async fn capture_logs_of_every_path() {
     assertion_token(&tight, &first).await;
     assertion_token(&tight, &second).await;
 
+    // The failure log budget: of 20 failures from one source with a budget
+    // of 5, only those within it are logged, at most 3 a second.
+    let throttled = fixture_with(Settings {
+        failed_auth_per_minute: NonZeroU32::new(5).expect("nonzero"),
+        failed_auth_log_lines_per_second: NonZeroU32::new(3).expect("nonzero"),
+        ..settings()
+    });
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        token_from(&throttled, &basic("throttle-probe", "x"), [10, 7, 7, 7]).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let suppressed = |reason| {
+        throttled
+            .app
+            .metrics
+            .failed_auth_logs_suppressed
+            .get_or_create(&crate::metrics::ReasonLabel { reason })
+            .get()
+    };
+    // The 6th failure is the first over budget; the 14 after it are not
+    // logged whatever the line budget.
+    assert_eq!(suppressed("source_over_budget"), 14);
+    throttled
+        .app
+        .log_unlogged_failures(std::time::Duration::from_secs(30));
+
     let logs = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf8");
+    let probe_lines = logs
+        .lines()
+        .filter(|l| l.contains("throttle-probe"))
+        .count() as u64;
+    assert!(
+        probe_lines >= 3 && probe_lines as f64 <= 3.0 + (3.0 * elapsed).ceil(),
+        "{probe_lines} lines for 20 failures in {elapsed} s"
+    );
+    assert_eq!(probe_lines + suppressed("lines_per_second"), 6);
+    let summary = logs
+        .lines()
+        .find(|l| l.contains("failed client authentications not logged"))
+        .expect("a summary line");
+    assert!(
+        summary.contains(&format!("unlogged={}", 20 - probe_lines)),
+        "{summary}"
+    );
     assert!(
         logs.contains("client authentication failed"),
         "the failure is logged: {logs}"

@@ -148,6 +148,14 @@ pub struct ServeArgs {
     #[arg(long, env = "SIGIL_FAILED_AUTH_PER_MINUTE", default_value = "60")]
     pub failed_auth_per_minute: NonZeroU32,
 
+    /// Failed client authentications logged per second at most, all
+    /// sources together (that many at once). Only failures within their
+    /// source's budget are logged, plus the first one over it; the others
+    /// are counted in sigil_issuer_failed_auth_logs_suppressed_total and
+    /// summed up in one line every 30 s.
+    #[arg(long, env = "SIGIL_FAILED_AUTH_LOG_LINES_PER_SECOND", default_value_t = NonZeroU32::new(state::DEFAULT_FAILED_AUTH_LOG_LINES_PER_SECOND).unwrap_or(NonZeroU32::MIN))]
+    pub failed_auth_log_lines_per_second: NonZeroU32,
+
     /// Source addresses (IPv6: /64 prefixes) whose failures are counted at
     /// most; at the limit the one closest to a full budget is forgotten.
     #[arg(long, env = "SIGIL_MAX_TRACKED_SOURCES", default_value_t = state::DEFAULT_MAX_TRACKED_SOURCES)]
@@ -210,13 +218,27 @@ pub struct ServeArgs {
     #[arg(long, env = "SIGIL_WEBHOOK_LISTEN", default_value = "0.0.0.0:9443", value_parser = parse_optional_addr)]
     pub webhook_listen: OptionalAddr,
 
-    /// Open connections per listener (API, webhook, health); more are
-    /// closed as soon as they are accepted.
+    /// Open connections per listener (API, webhook, health). At the limit,
+    /// the connection idle longest (no request in flight: not yet sent one,
+    /// or an idle keep-alive) is closed to make room for a new one; only
+    /// when every connection has a request in flight is the new one closed
+    /// as soon as it is accepted.
     #[arg(long, env = "SIGIL_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 
+    /// Open connections per listener from one source address (IPv6: one
+    /// /64), with the same rule among that source's connections: its own
+    /// idle connection longest idle is closed for its new one. Clients
+    /// behind one NAT or gateway share it; since idle connections make
+    /// room, it bounds their requests in flight at once. At most
+    /// --max-connections.
+    #[arg(long, env = "SIGIL_MAX_CONNECTIONS_PER_SOURCE", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_source: u32,
+
     /// Time a client has for the TLS handshake and for sending a request's
-    /// headers; an idle HTTP/1.1 keep-alive connection is closed after it.
+    /// headers: the first request's counted from the accept (plain) or the
+    /// end of the handshake (TLS), HTTP/1.1 or HTTP/2; an idle HTTP/1.1
+    /// keep-alive connection is closed after it.
     #[arg(long, env = "SIGIL_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub header_read_timeout: std::time::Duration,
 
@@ -237,6 +259,7 @@ impl ServeArgs {
     pub fn limits(&self) -> serve::Limits {
         serve::Limits {
             max_connections: self.max_connections as usize,
+            max_connections_per_source: self.max_connections_per_source as usize,
             header_read_timeout: self.header_read_timeout,
             request_timeout: self.request_timeout,
             idle_timeout: self.idle_timeout,
@@ -249,6 +272,7 @@ impl ServeArgs {
             token_typ: self.token_typ,
             failed_auth_per_minute: self.failed_auth_per_minute,
             max_tracked_sources: self.max_tracked_sources,
+            failed_auth_log_lines_per_second: self.failed_auth_log_lines_per_second,
             replay: ReplayLimits {
                 total: self.max_remembered_assertions,
                 per_client: self.max_remembered_assertions_per_client,

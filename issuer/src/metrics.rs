@@ -19,6 +19,11 @@ pub struct ResourceLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabel {
     pub listener: &'static str,
 }
@@ -48,11 +53,19 @@ pub struct Metrics {
     pub assertions_refused_for_capacity: Counter,
     /// Source addresses whose failed authentications are being counted.
     pub failed_auth_tracked_sources: Gauge,
+    /// Failed authentications not logged: `source_over_budget` (the
+    /// source's failures get 429) or `lines_per_second` (over
+    /// --failed-auth-log-lines-per-second).
+    pub failed_auth_logs_suppressed: Family<ReasonLabel, Counter>,
     /// Connections per listener (api, webhook, health) and what the limits
     /// of `http::serve` did to them.
     pub connections_open: Family<ListenerLabel, Gauge>,
+    pub connection_sources: Family<ListenerLabel, Gauge>,
     pub connections_refused: Family<ListenerLabel, Counter>,
+    pub connections_refused_per_source: Family<ListenerLabel, Counter>,
+    pub connections_evicted: Family<ListenerLabel, Counter>,
     pub connections_idle_closed: Family<ListenerLabel, Counter>,
+    pub connections_header_timeout: Family<ListenerLabel, Counter>,
     pub requests_timed_out: Family<ListenerLabel, Counter>,
 }
 
@@ -146,23 +159,53 @@ impl Metrics {
             "Source addresses whose failed client authentications are being counted",
             failed_auth_tracked_sources.clone(),
         );
+        let failed_auth_logs_suppressed = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "failed_auth_logs_suppressed",
+            "Failed client authentications not logged, by reason: source_over_budget (after the first of a source's spell over its failure budget) or lines_per_second (over --failed-auth-log-lines-per-second)",
+            failed_auth_logs_suppressed.clone(),
+        );
         let connections_open = Family::<ListenerLabel, Gauge>::default();
         registry.register(
             "connections_open",
             "Open HTTP connections by listener (api, webhook, health)",
             connections_open.clone(),
         );
+        let connection_sources = Family::<ListenerLabel, Gauge>::default();
+        registry.register(
+            "connection_sources",
+            "Source addresses (IPv6: /64 prefixes) with open connections, by listener",
+            connection_sources.clone(),
+        );
         let connections_refused = Family::<ListenerLabel, Counter>::default();
         registry.register(
             "connections_refused",
-            "Connections closed at accept because --max-connections were open, by listener",
+            "Connections closed at accept because --max-connections were open, each with a request in flight, by listener",
             connections_refused.clone(),
+        );
+        let connections_refused_per_source = Family::<ListenerLabel, Counter>::default();
+        registry.register(
+            "connections_refused_per_source",
+            "Connections closed at accept because --max-connections-per-source were open from their source, each with a request in flight, by listener",
+            connections_refused_per_source.clone(),
+        );
+        let connections_evicted = Family::<ListenerLabel, Counter>::default();
+        registry.register(
+            "connections_evicted",
+            "Connections without a request in flight closed to make room for a new one at --max-connections or --max-connections-per-source, by listener",
+            connections_evicted.clone(),
         );
         let connections_idle_closed = Family::<ListenerLabel, Counter>::default();
         registry.register(
             "connections_idle_closed",
             "Connections closed by --idle-timeout, by listener",
             connections_idle_closed.clone(),
+        );
+        let connections_header_timeout = Family::<ListenerLabel, Counter>::default();
+        registry.register(
+            "connections_header_timeout",
+            "Connections closed for sending no request headers within --header-read-timeout of their accept (plain) or TLS handshake, by listener",
+            connections_header_timeout.clone(),
         );
         let requests_timed_out = Family::<ListenerLabel, Counter>::default();
         registry.register(
@@ -176,6 +219,7 @@ impl Metrics {
             remembered_assertions,
             assertions_refused_for_capacity,
             failed_auth_tracked_sources,
+            failed_auth_logs_suppressed,
             token_requests,
             token_latency,
             introspection_requests,
@@ -186,8 +230,12 @@ impl Metrics {
             undecodable_objects,
             admission_reviews,
             connections_open,
+            connection_sources,
             connections_refused,
+            connections_refused_per_source,
+            connections_evicted,
             connections_idle_closed,
+            connections_header_timeout,
             requests_timed_out,
         }
     }
@@ -200,8 +248,18 @@ impl Metrics {
         let label = ListenerLabel { listener };
         crate::http::serve::ConnectionMetrics {
             open: self.connections_open.get_or_create(&label).clone(),
+            sources: self.connection_sources.get_or_create(&label).clone(),
             refused: self.connections_refused.get_or_create(&label).clone(),
+            refused_per_source: self
+                .connections_refused_per_source
+                .get_or_create(&label)
+                .clone(),
+            evicted: self.connections_evicted.get_or_create(&label).clone(),
             idle_closed: self.connections_idle_closed.get_or_create(&label).clone(),
+            header_timeouts: self
+                .connections_header_timeout
+                .get_or_create(&label)
+                .clone(),
             request_timeouts: self.requests_timed_out.get_or_create(&label).clone(),
         }
     }

@@ -3,6 +3,7 @@
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,7 +12,7 @@ use sigil_core::IssuerUrl;
 
 use crate::http::client_auth::{ReplayCache, ReplayLimits, warm_up_dummy_keys};
 use crate::http::discovery;
-use crate::http::ratelimit::FailedAuthLimiter;
+use crate::http::ratelimit::{FailedAuthLimiter, LineBudget};
 use crate::http::serve::ServeError;
 use crate::http::token::unix_now;
 use crate::index::{Store, TokenTyp};
@@ -27,12 +28,18 @@ pub struct Settings {
     pub failed_auth_per_minute: NonZeroU32,
     /// Source addresses the failure budget tracks at most.
     pub max_tracked_sources: usize,
+    /// Failed authentications logged per second at most (that many at
+    /// once), all sources together.
+    pub failed_auth_log_lines_per_second: NonZeroU32,
     /// Bounds of the assertion replay cache.
     pub replay: ReplayLimits,
 }
 
 /// Default of `--max-tracked-sources`.
 pub const DEFAULT_MAX_TRACKED_SOURCES: usize = 100_000;
+
+/// Default of `--failed-auth-log-lines-per-second`.
+pub const DEFAULT_FAILED_AUTH_LOG_LINES_PER_SECOND: u32 = 10;
 
 impl Settings {
     /// The defaults of every flag, for `issuer_url`.
@@ -42,6 +49,10 @@ impl Settings {
             token_typ: TokenTyp::AtJwt,
             failed_auth_per_minute: NonZeroU32::new(60).unwrap_or(NonZeroU32::MIN),
             max_tracked_sources: DEFAULT_MAX_TRACKED_SOURCES,
+            failed_auth_log_lines_per_second: NonZeroU32::new(
+                DEFAULT_FAILED_AUTH_LOG_LINES_PER_SECOND,
+            )
+            .unwrap_or(NonZeroU32::MIN),
             replay: ReplayLimits::default(),
         }
     }
@@ -55,6 +66,10 @@ pub struct App {
     pub base_path: String,
     pub token_typ: TokenTyp,
     pub limiter: FailedAuthLimiter,
+    /// The log lines failed authentications may write.
+    pub failure_log: LineBudget,
+    /// Failed authentications not logged since the last summary line.
+    pub unlogged_failures: AtomicU64,
     pub replay: ReplayCache,
     pub metrics: Arc<Metrics>,
     pub metadata: Bytes,
@@ -91,6 +106,8 @@ impl App {
                 settings.failed_auth_per_minute,
                 settings.max_tracked_sources,
             ),
+            failure_log: LineBudget::new(settings.failed_auth_log_lines_per_second),
+            unlogged_failures: AtomicU64::new(0),
             replay: ReplayCache::new(
                 settings.replay,
                 metrics.assertions_refused_for_capacity.clone(),
@@ -98,6 +115,28 @@ impl App {
             metrics,
             draining: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Counts a failed authentication that is not logged.
+    pub fn suppress_failure_log(&self, reason: &'static str) {
+        self.metrics
+            .failed_auth_logs_suppressed
+            .get_or_create(&crate::metrics::ReasonLabel { reason })
+            .inc();
+        self.unlogged_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One line for the failed authentications not logged since the last
+    /// call, if any.
+    pub fn log_unlogged_failures(&self, period: Duration) {
+        let unlogged = self.unlogged_failures.swap(0, Ordering::Relaxed);
+        if unlogged > 0 {
+            tracing::warn!(
+                unlogged,
+                seconds = period.as_secs(),
+                "failed client authentications not logged (sources over their failure budget, or over --failed-auth-log-lines-per-second); see sigil_issuer_failed_auth_logs_suppressed_total"
+            );
+        }
     }
 
     /// Refreshes gauges from the store (called before each scrape).
@@ -118,12 +157,15 @@ impl App {
     }
 }
 
-/// Periodic cleanup of rate-limit and replay state.
+/// Periodic cleanup of rate-limit and replay state, and the summary of
+/// unlogged failures.
 pub fn spawn_housekeeping(app: Arc<App>) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        let period = Duration::from_secs(30);
+        let mut tick = tokio::time::interval(period);
         loop {
             tick.tick().await;
+            app.log_unlogged_failures(period);
             app.limiter.housekeeping();
             app.replay.sweep(unix_now());
         }

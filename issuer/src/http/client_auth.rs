@@ -585,19 +585,16 @@ pub fn verify_assertion(
             ErrorCode::InvalidClient,
             "client assertion was already used",
         )),
-        verdict @ (ReplayVerdict::ClientFull | ReplayVerdict::Full) => {
-            tracing::warn!(
-                client_id = %cap(&client.client_id),
-                full = if verdict == ReplayVerdict::Full { "all clients" } else { "this client's share" },
-                "refusing a client assertion: too many unexpired assertions remembered"
-            );
-            Err(OAuthError::new(
-                ErrorCode::InvalidClient,
-                "too many unexpired client assertions are remembered for this client; use shorter-lived assertions",
-            ))
+        // Logged (within the failure log budget) by authenticate_request.
+        ReplayVerdict::ClientFull | ReplayVerdict::Full => {
+            Err(OAuthError::new(ErrorCode::InvalidClient, REPLAY_FULL))
         }
     }
 }
+
+/// The description of an assertion refused because the replay cache (the
+/// client's share or the total) is full.
+pub const REPLAY_FULL: &str = "too many unexpired client assertions are remembered for this client; use shorter-lived assertions";
 
 /// Authenticates the caller. Unknown client ids, wrong or expired secrets
 /// and bad assertions all give the same error, after the same work.
@@ -652,6 +649,10 @@ pub fn authenticate(
 /// Authenticates a form request. Credentials are always checked; correct
 /// ones always pass. A failure is counted against the source address and,
 /// once the source is over its budget, answered 429 instead of 401.
+///
+/// Failures are logged while their source is within budget, plus the
+/// first one over it, within the global lines-per-second budget; the
+/// others are only counted (see [`crate::http::ratelimit`]).
 pub fn authenticate_request(
     app: &App,
     request: &FormRequest,
@@ -672,15 +673,40 @@ pub fn authenticate_request(
         Err(error) => return Err(error),
     };
     let limited = app.limiter.record_failure(request.source);
-    tracing::info!(
-        client_id = %cap(claimed.as_deref().unwrap_or("-")),
-        source = ?request.source,
-        reason = %error.description,
-        rate_limited = limited.is_some(),
-        "client authentication failed"
-    );
+    if limited.is_some_and(|over| !over.first) {
+        app.suppress_failure_log("source_over_budget");
+    } else if !app.failure_log.allow() {
+        app.suppress_failure_log("lines_per_second");
+    } else {
+        let client_id = cap(claimed.as_deref().unwrap_or("-"));
+        let rate_limited = limited.is_some();
+        if error.description == REPLAY_FULL {
+            tracing::warn!(
+                %client_id,
+                source = ?request.source,
+                rate_limited,
+                "refusing a client assertion: too many unexpired assertions remembered (the client's share or the total)"
+            );
+        } else if rate_limited {
+            tracing::info!(
+                %client_id,
+                source = ?request.source,
+                reason = %error.description,
+                rate_limited,
+                "client authentication failed; the source is over its failure budget, its next failures get 429 and are not logged"
+            );
+        } else {
+            tracing::info!(
+                %client_id,
+                source = ?request.source,
+                reason = %error.description,
+                rate_limited,
+                "client authentication failed"
+            );
+        }
+    }
     Err(match limited {
-        Some(retry) => OAuthError::rate_limited(retry),
+        Some(over) => OAuthError::rate_limited(over.retry_after),
         None => error,
     })
 }

@@ -4,8 +4,9 @@
 
 use std::net::IpAddr;
 
+use axum::body::HttpBody;
 use axum::extract::Request;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, StatusCode, header};
 
 use crate::http::error::OAuthError;
 
@@ -121,7 +122,19 @@ pub struct FormRequest {
     pub form: TokenForm,
 }
 
-/// Reads a form POST: content type, size, parameters, source address.
+/// 413 for a body over [`MAX_FORM_BYTES`].
+fn body_too_large() -> OAuthError {
+    OAuthError {
+        status_override: Some(StatusCode::PAYLOAD_TOO_LARGE),
+        ..OAuthError::invalid_request("the request body is larger than 64 KiB")
+    }
+}
+
+/// Reads a form POST: content type, size, parameters, source address. A
+/// declared `Content-Length` over the limit gets 413 at once, without
+/// waiting for a body that may never come (the body reader alone counts
+/// bytes as they arrive, so it would wait for the request timeout); a
+/// chunked body gets 413 when it passes the limit.
 pub async fn read_form_request(request: Request) -> Result<FormRequest, OAuthError> {
     let source = request
         .extensions()
@@ -132,10 +145,22 @@ pub async fn read_form_request(request: Request) -> Result<FormRequest, OAuthErr
             "the body must be application/x-www-form-urlencoded",
         ));
     }
+    // hyper sets the exact size hint from Content-Length.
+    if request.body().size_hint().lower() > MAX_FORM_BYTES as u64 {
+        return Err(body_too_large());
+    }
     let authorization = request.headers().get(header::AUTHORIZATION).cloned();
     let body = axum::body::to_bytes(request.into_body(), MAX_FORM_BYTES)
         .await
-        .map_err(|_| OAuthError::invalid_request("the request body is too large or unreadable"))?;
+        .map_err(|error| {
+            let over = std::error::Error::source(&error)
+                .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
+            if over {
+                body_too_large()
+            } else {
+                OAuthError::invalid_request("the request body is unreadable")
+            }
+        })?;
     Ok(FormRequest {
         source,
         authorization,

@@ -11,6 +11,7 @@ pub mod introspect;
 pub mod jwks;
 pub mod ratelimit;
 pub mod serve;
+mod slots;
 pub mod token;
 
 use std::sync::Arc;
