@@ -10,37 +10,68 @@ use sigil_crds::OAuthClient;
 use sigil_tests::cluster::{TestCluster, workspace_root};
 use sigil_tests::processes::{Process, free_addr};
 
-#[tokio::test]
-async fn the_run_command_ends_with_the_calendar_services_200() {
-    // `hack/dev.sh` is build-control-plane + cargo build + this binary.
+/// Runs `sigil-dev` (what `hack/dev.sh` runs after building) with `extra`
+/// arguments on free ports and returns its stdout; fails the test when it
+/// exits non-zero.
+async fn run_sigil_dev(extra: &[&str]) -> String {
     let dir = std::env::temp_dir().join(format!("sigil-dev-test-{}", std::process::id()));
     let port = || free_addr().expect("free port").port().to_string();
+    let (api, issuer, calendar) = (port(), port(), port());
+    let mut args = vec![
+        "--exit",
+        "--dir",
+        dir.to_str().expect("temp dir is UTF-8"),
+        "--api-port",
+        &api,
+        "--issuer-port",
+        &issuer,
+        "--calendar-port",
+        &calendar,
+    ];
+    args.extend_from_slice(extra);
     let out = tokio::process::Command::new(sigil_tests::binary("sigil-dev"))
-        .args([
-            "--exit",
-            "--dir",
-            &dir.display().to_string(),
-            "--api-port",
-            &port(),
-            "--issuer-port",
-            &port(),
-            "--calendar-port",
-            &port(),
-        ])
+        .args(&args)
         .kill_on_drop(true)
         .output()
         .await
         .expect("running sigil-dev");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     let _ = std::fs::remove_dir_all(&dir);
     assert!(out.status.success(), "sigil-dev failed\n{stdout}\n{stderr}");
-    for step in 1..=8 {
+    stdout
+}
+
+fn assert_steps(stdout: &str, total: u32) {
+    for step in 1..=total {
         assert!(
-            stdout.contains(&format!("[{step}/8]")),
-            "step {step} missing:\n{stdout}"
+            stdout.contains(&format!("[{step}/{total}]")),
+            "step {step} of {total} missing:\n{stdout}"
         );
     }
+}
+
+#[tokio::test]
+async fn the_run_command_ends_with_the_task_service_pod_getting_200() {
+    // The README's run command: Sigil and the example as pods on a node.
+    let stdout = run_sigil_dev(&[]).await;
+    assert_steps(&stdout, 6);
+    assert!(
+        stdout.contains("task-service: HTTP/1.1 200 OK"),
+        "the Calendar Service pod did not answer the Task Service pod 200:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("got a token for sigil-helm-test.sigil-system"),
+        "helm test printed no token:\n{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn the_soak_command_runs_sigil_as_processes_and_loads_the_issuer() {
+    // `--soak`: operator and issuer as local processes, then token load
+    // that fails the command on any failed request or verification.
+    let stdout = run_sigil_dev(&["--soak", "5s", "--soak-rate", "50"]).await;
+    assert_steps(&stdout, 8);
     assert!(
         stdout.contains("access_token: ey"),
         "no token printed:\n{stdout}"
@@ -52,6 +83,10 @@ async fn the_run_command_ends_with_the_calendar_services_200() {
     assert!(
         stdout.contains("\"caller\":\"task-service.tasks\""),
         "{stdout}"
+    );
+    assert!(
+        stdout.contains(" 0 failed requests, 0 failed verifications"),
+        "the soak summary is missing or saw failures:\n{stdout}"
     );
 }
 
