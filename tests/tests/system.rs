@@ -11,10 +11,11 @@ use sigil_tests::cluster::{TestCluster, workspace_root};
 use sigil_tests::processes::{Process, free_addr};
 
 /// Runs `sigil-dev` (what `hack/dev.sh` runs after building) with `extra`
-/// arguments on free ports and returns its stdout; fails the test when it
+/// arguments on free ports in a directory named after `name` and returns its stdout; fails the test when it
 /// exits non-zero.
-async fn run_sigil_dev(extra: &[&str]) -> String {
-    let dir = std::env::temp_dir().join(format!("sigil-dev-test-{}", std::process::id()));
+async fn run_sigil_dev(name: &str, extra: &[&str]) -> String {
+    // One directory per test: the tests of this binary run concurrently.
+    let dir = std::env::temp_dir().join(format!("sigil-dev-{name}-{}", std::process::id()));
     let port = || free_addr().expect("free port").port().to_string();
     let (api, issuer, calendar) = (port(), port(), port());
     let mut args = vec![
@@ -54,7 +55,7 @@ fn assert_steps(stdout: &str, total: u32) {
 #[tokio::test]
 async fn the_run_command_ends_with_the_task_service_pod_getting_200() {
     // The README's run command: Sigil and the example as pods on a node.
-    let stdout = run_sigil_dev(&[]).await;
+    let stdout = run_sigil_dev("pods", &[]).await;
     assert_steps(&stdout, 6);
     assert!(
         stdout.contains("task-service: HTTP/1.1 200 OK"),
@@ -70,7 +71,7 @@ async fn the_run_command_ends_with_the_task_service_pod_getting_200() {
 async fn the_soak_command_runs_sigil_as_processes_and_loads_the_issuer() {
     // `--soak`: operator and issuer as local processes, then token load
     // that fails the command on any failed request or verification.
-    let stdout = run_sigil_dev(&["--soak", "5s", "--soak-rate", "50"]).await;
+    let stdout = run_sigil_dev("soak", &["--soak", "5s", "--soak-rate", "50"]).await;
     assert_steps(&stdout, 8);
     assert!(
         stdout.contains("access_token: ey"),
