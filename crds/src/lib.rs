@@ -41,6 +41,12 @@ pub const GROUP: &str = "sigil.dev";
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "sigil";
 
+/// Label of a signing-key Secret (`<SigningKey name>-keys`); its value is
+/// the SigningKey's name. The issuer watches Secrets with this label only,
+/// so it never asks for the namespace's other Secrets (the CA key's among
+/// them), which its RBAC cannot hide from it.
+pub const SIGNING_KEY_LABEL: &str = "sigil.dev/signing-key";
+
 /// Pod annotations of DESIGN.md §5.
 pub mod annotations {
     pub const CLIENT: &str = "sigil.dev/client";

@@ -42,8 +42,13 @@ struct Call {
     path: String,
     query: BTreeMap<String, String>,
     content_type: Option<String>,
+    accept: Option<String>,
     body: Option<Value>,
 }
+
+/// What kube's `get_metadata` asks for: the object's metadata only, as
+/// `PartialObjectMetadata`; no Secret data crosses the wire.
+const METADATA_ONLY: &str = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
 
 impl Call {
     fn body(&self) -> &Value {
@@ -66,6 +71,13 @@ impl Call {
             Some(crate::FIELD_MANAGER)
         );
         assert_eq!(self.query.get("force").map(String::as_str), Some("true"));
+    }
+
+    /// Whether this read asked for metadata only.
+    fn metadata_only(&self) -> bool {
+        self.accept
+            .as_deref()
+            .is_some_and(|a| a.contains("as=PartialObjectMetadata"))
     }
 }
 
@@ -169,6 +181,11 @@ async fn read_call(request: Request<Body>) -> Call {
         content_type: parts
             .headers
             .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        accept: parts
+            .headers
+            .get(http::header::ACCEPT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
         body,
@@ -298,6 +315,38 @@ const OAUTH_CLIENT_STATUS: &str =
 const SIGNING_KEY_STATUS: &str =
     "/apis/sigil.dev/v1alpha1/namespaces/tasks/signingkeys/ring/status";
 
+impl ApiServerVerifier {
+    /// Expects a metadata-only GET of Secret `name`, answered with the
+    /// metadata of `secret` (a Secret as JSON) or 404.
+    async fn expect_secret_metadata(&mut self, name: &str, secret: Option<&Value>) {
+        let path = format!("{SECRETS}/{name}");
+        let call = match secret {
+            Some(secret) => {
+                let meta = json!({
+                    "apiVersion": "meta.k8s.io/v1",
+                    "kind": "PartialObjectMetadata",
+                    "metadata": secret["metadata"].clone(),
+                });
+                self.expect(Method::GET, &path, ok(meta)).await
+            }
+            None => self.expect(Method::GET, &path, not_found).await,
+        };
+        assert_eq!(
+            call.accept.as_deref(),
+            Some(METADATA_ONLY),
+            "GET {path} reads metadata only"
+        );
+    }
+
+    /// Expects a full GET (data included) of Secret `name`, answered with
+    /// `secret`.
+    async fn expect_secret_data(&mut self, name: &str, secret: Value) {
+        let path = format!("{SECRETS}/{name}");
+        let call = self.expect(Method::GET, &path, ok(secret)).await;
+        assert!(!call.metadata_only(), "GET {path} reads the data");
+    }
+}
+
 fn oauth_client(spec: Value) -> OAuthClient {
     let mut c = OAuthClient::new("svc", serde_json::from_value(spec).expect("spec"));
     c.metadata.namespace = Some(NAMESPACE.to_owned());
@@ -411,8 +460,7 @@ async fn a_new_client_gets_its_secret_before_its_verifier() {
     let oac = oauth_client(basic_spec());
     let run = tokio::spawn(oauth_client::reconcile(Arc::new(oac.clone()), ctx.clone()));
 
-    api.expect(Method::GET, &format!("{SECRETS}/svc-oauth"), not_found)
-        .await;
+    api.expect_secret_metadata("svc-oauth", None).await;
     let apply = api
         .expect(Method::PATCH, &format!("{SECRETS}/svc-oauth"), echo)
         .await;
@@ -467,8 +515,9 @@ async fn a_rotation_publishes_the_new_verifier_before_the_new_secret() {
     let started = Timestamp::now();
     let run = tokio::spawn(oauth_client::reconcile(Arc::new(oac.clone()), ctx.clone()));
 
-    api.expect(Method::GET, &format!("{SECRETS}/svc-oauth"), ok(existing))
+    api.expect_secret_metadata("svc-oauth", Some(&existing))
         .await;
+    api.expect_secret_data("svc-oauth", existing).await;
     let status = api
         .expect(Method::PATCH, OAUTH_CLIENT_STATUS, with_status(&oac))
         .await;
@@ -513,8 +562,7 @@ async fn a_deleted_secret_is_repaired_verifier_first() {
     ));
     let run = tokio::spawn(oauth_client::reconcile(Arc::new(oac.clone()), ctx.clone()));
 
-    api.expect(Method::GET, &format!("{SECRETS}/svc-oauth"), not_found)
-        .await;
+    api.expect_secret_metadata("svc-oauth", None).await;
     let status = api
         .expect(Method::PATCH, OAUTH_CLIENT_STATUS, with_status(&oac))
         .await;
@@ -532,39 +580,104 @@ async fn a_deleted_secret_is_repaired_verifier_first() {
     api.finish(run, ctx).await;
 }
 
+/// Secrets under the client's `secretName` that are not its own: a user's,
+/// one with Sigil's label but no owner, one owned by an earlier OAuthClient
+/// of the same name (another uid), one whose owner is not its controller.
+fn foreign_secrets() -> Vec<(&'static str, Value)> {
+    let managed = json!({ sigil_crds::MANAGED_BY_LABEL: sigil_crds::MANAGED_BY_VALUE });
+    let owner = |uid: &str, controller: bool| {
+        json!([{
+            "apiVersion": "sigil.dev/v1alpha1", "kind": "OAuthClient", "name": "svc",
+            "uid": uid, "controller": controller,
+        }])
+    };
+    let secret = |labels: Value, owners: Value| {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": "svc-oauth", "namespace": NAMESPACE, "uid": "uid-theirs",
+                "labels": labels, "ownerReferences": owners,
+            },
+            "type": "Opaque",
+            "data": { "client_secret": "aHVudGVyMg==" },
+        })
+    };
+    vec![
+        ("a user's Secret", secret(json!({}), json!([]))),
+        ("labelled, no owner", secret(managed.clone(), json!([]))),
+        (
+            "labelled, an earlier client's",
+            secret(managed.clone(), owner("uid-earlier", true)),
+        ),
+        (
+            "labelled, owned but not controlled",
+            secret(managed, owner("uid-svc", false)),
+        ),
+    ]
+}
+
 #[tokio::test]
-async fn a_secret_that_is_not_ours_is_refused_status_then_event() {
+async fn a_secret_that_is_not_ours_is_refused_unread_status_then_event() {
+    for (what, theirs) in foreign_secrets() {
+        let (ctx, mut api) = test_context();
+        let oac = oauth_client(basic_spec());
+        let run = tokio::spawn(oauth_client::reconcile(Arc::new(oac.clone()), ctx.clone()));
+
+        // Its metadata only: the next request is the status write, not a
+        // read of its data.
+        api.expect_secret_metadata("svc-oauth", Some(&theirs)).await;
+        let status = api
+            .expect(Method::PATCH, OAUTH_CLIENT_STATUS, with_status(&oac))
+            .await;
+        status.assert_apply();
+        let sent = &status.body()["status"];
+        assert_eq!(ready_condition(sent)["status"], "False", "{what}");
+        assert_eq!(ready_condition(sent)["reason"], "SecretConflict", "{what}");
+        assert!(
+            ready_condition(sent)["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("Secret svc-oauth")),
+            "{what}: the message names the Secret: {sent}"
+        );
+        assert!(
+            sent.get("secretVerifiers").is_none(),
+            "{what}: no credentials: {sent}"
+        );
+        let event = api.expect(Method::POST, EVENTS, echo).await;
+        assert_event(&event, "Warning", "SecretConflict", "OAuthClient", "svc");
+        assert_eq!(event.body()["action"], "WriteSecret");
+
+        // In particular, no write to their Secret.
+        let action = api.finish(run, ctx).await;
+        assert_eq!(action, Action::await_change(), "{what}");
+    }
+}
+
+#[tokio::test]
+async fn a_secret_written_before_a_crash_is_adopted_status_only() {
+    // A brand-new client's Secret was written, then the operator died
+    // before status: the next pass reads the Secret it owns and publishes
+    // the verifier of the secret in it, without a new secret.
     let (ctx, mut api) = test_context();
     let oac = oauth_client(basic_spec());
-    let theirs = json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": { "name": "svc-oauth", "namespace": NAMESPACE, "uid": "uid-theirs" },
-        "type": "Opaque",
-        "data": { "password": "aHVudGVyMg==" },
-    });
+    let existing = serde_json::to_value(our_secret(&oac, OLD_SECRET)).expect("secret");
     let run = tokio::spawn(oauth_client::reconcile(Arc::new(oac.clone()), ctx.clone()));
 
-    api.expect(Method::GET, &format!("{SECRETS}/svc-oauth"), ok(theirs))
+    api.expect_secret_metadata("svc-oauth", Some(&existing))
         .await;
+    api.expect_secret_data("svc-oauth", existing).await;
     let status = api
         .expect(Method::PATCH, OAUTH_CLIENT_STATUS, with_status(&oac))
         .await;
-    status.assert_apply();
-    let sent = &status.body()["status"];
-    assert_eq!(ready_condition(sent)["status"], "False");
-    assert_eq!(ready_condition(sent)["reason"], "SecretConflict");
-    assert!(
-        sent.get("secretVerifiers").is_none(),
-        "no credentials: {sent}"
-    );
+    let v = verifiers(&status);
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!(v[0].sha256, sha256_hex(OLD_SECRET), "adopted, not replaced");
+    assert_eq!(ready_condition(&status.body()["status"])["status"], "True");
     let event = api.expect(Method::POST, EVENTS, echo).await;
-    assert_event(&event, "Warning", "SecretConflict", "OAuthClient", "svc");
-    assert_eq!(event.body()["action"], "WriteSecret");
+    assert_event(&event, "Normal", "Adopted", "OAuthClient", "svc");
 
-    // In particular, no write to their Secret.
-    let action = api.finish(run, ctx).await;
-    assert_eq!(action, Action::await_change());
+    api.finish(run, ctx).await;
 }
 
 #[tokio::test]
@@ -581,12 +694,9 @@ async fn a_new_ca_bundle_is_written_and_a_departed_one_removed_without_events() 
     // Published: the Secret gets ca.crt, and only that changes.
     let (ctx, mut api) = test_context_with(Some(tls));
     let run = tokio::spawn(oauth_client::reconcile(Arc::new(oac.clone()), ctx.clone()));
-    api.expect(
-        Method::GET,
-        &format!("{SECRETS}/svc-oauth"),
-        ok(without.clone()),
-    )
-    .await;
+    api.expect_secret_metadata("svc-oauth", Some(&without))
+        .await;
+    api.expect_secret_data("svc-oauth", without.clone()).await;
     let apply = api
         .expect(Method::PATCH, &format!("{SECRETS}/svc-oauth"), echo)
         .await;
@@ -603,12 +713,8 @@ async fn a_new_ca_bundle_is_written_and_a_departed_one_removed_without_events() 
     with["data"]["ca.crt"] = json!(base64::engine::general_purpose::STANDARD.encode(&bundle));
     let (ctx, mut api) = test_context();
     let run = tokio::spawn(oauth_client::reconcile(Arc::new(oac.clone()), ctx.clone()));
-    api.expect(
-        Method::GET,
-        &format!("{SECRETS}/svc-oauth"),
-        ok(with.clone()),
-    )
-    .await;
+    api.expect_secret_metadata("svc-oauth", Some(&with)).await;
+    api.expect_secret_data("svc-oauth", with.clone()).await;
     let apply = api
         .expect(Method::PATCH, &format!("{SECRETS}/svc-oauth"), echo)
         .await;
@@ -621,8 +727,8 @@ async fn a_new_ca_bundle_is_written_and_a_departed_one_removed_without_events() 
     let (other, _) = crate::issuer_ca::testing::tls_secret(&["sigil-issuer.sigil-system.svc"]);
     let (ctx, mut api) = test_context_with(Some(other));
     let run = tokio::spawn(oauth_client::reconcile(Arc::new(oac.clone()), ctx.clone()));
-    api.expect(Method::GET, &format!("{SECRETS}/svc-oauth"), ok(with))
-        .await;
+    api.expect_secret_metadata("svc-oauth", Some(&with)).await;
+    api.expect_secret_data("svc-oauth", with).await;
     let apply = api
         .expect(Method::PATCH, &format!("{SECRETS}/svc-oauth"), echo)
         .await;
@@ -644,8 +750,7 @@ async fn a_new_ring_stores_its_key_before_status_names_it() {
     let sk = signing_key();
     let run = tokio::spawn(signing_key::reconcile(Arc::new(sk.clone()), ctx.clone()));
 
-    api.expect(Method::GET, &format!("{SECRETS}/ring-keys"), not_found)
-        .await;
+    api.expect_secret_metadata("ring-keys", None).await;
     let apply = api
         .expect(Method::PATCH, &format!("{SECRETS}/ring-keys"), echo)
         .await;
@@ -656,6 +761,11 @@ async fn a_new_ring_stores_its_key_before_status_names_it() {
     assert_eq!(body["metadata"]["ownerReferences"][0]["kind"], "SigningKey");
     assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "uid-ring");
     assert_eq!(body["metadata"]["ownerReferences"][0]["controller"], true);
+    assert_eq!(
+        body["metadata"]["labels"][sigil_crds::SIGNING_KEY_LABEL],
+        "ring",
+        "the label the issuer's watch selects"
+    );
     let data = body["data"].as_object().expect("data");
     assert_eq!(data.len(), 1, "one key: {body}");
     let kid = data.keys().next().expect("a kid").clone();

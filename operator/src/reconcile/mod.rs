@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use sigil_crds::conditions::{HasConditions, ready_reason_is};
-use sigil_crds::{CONDITION_READY, MANAGED_BY_LABEL, MANAGED_BY_VALUE, Reason};
+use sigil_crds::{CONDITION_READY, Reason};
 
 use crate::context::{Context, Error};
 
@@ -97,34 +98,68 @@ pub fn floor_second(t: Timestamp) -> Timestamp {
     Timestamp::from_second(t.as_second()).unwrap_or(t)
 }
 
-/// Whether the operator may write this existing Secret for `owner`: its
-/// controller is an object of the owner's kind and name (the uid may differ
-/// after a restore or a delete and re-create), or, without a controller, it
-/// is labelled as Sigil's (e.g. an owner reference removed by hand).
-/// Anything else is someone else's Secret: never touched.
-pub fn secret_is_ours<K: Resource<DynamicType = ()>>(secret: &Secret, owner: &K) -> bool {
-    let kind = K::kind(&());
-    let owner_name = owner.meta().name.as_deref().unwrap_or_default();
-    let controller = secret
-        .owner_references()
+/// Whether the object's controller reference is exactly `owner` (same
+/// uid): the only proof that the operator made this Secret for `owner`.
+/// The `managed-by` label proves nothing (anyone who can create a Secret
+/// can set it), nor does an owner of the same kind and name (another
+/// object under a recycled name).
+pub fn secret_owned_by<K: Resource<DynamicType = ()>>(secret: &ObjectMeta, owner: &K) -> bool {
+    let Some(uid) = owner.meta().uid.as_deref() else {
+        return false;
+    };
+    secret
+        .owner_references
         .iter()
-        .find(|r| r.controller == Some(true));
-    match controller {
-        Some(r) => r.kind == kind && r.name == owner_name,
-        None => secret
-            .labels()
-            .get(MANAGED_BY_LABEL)
-            .is_some_and(|v| v == MANAGED_BY_VALUE),
-    }
+        .flatten()
+        .any(|r| r.controller == Some(true) && r.uid == uid)
 }
 
-/// Whether the Secret's controller reference is exactly `owner` (same uid).
-pub fn secret_owned_by<K: Resource<DynamicType = ()>>(secret: &Secret, owner: &K) -> bool {
-    let uid = owner.meta().uid.as_deref();
-    secret
-        .owner_references()
-        .iter()
-        .any(|r| r.controller == Some(true) && Some(r.uid.as_str()) == uid)
+/// What [`read_secret_for`] found under a name.
+#[derive(Debug)]
+pub enum SecretFor {
+    Missing,
+    /// Controlled by the owner: read in full, data included.
+    Owned(Box<Secret>),
+    /// Someone else's: only its metadata was read. Never written.
+    Foreign,
+}
+
+/// Reads the Secret `name` that `owner` would write: its metadata first
+/// (`Accept: ...;as=PartialObjectMetadata`, no data on the wire), and its
+/// data only when its controller reference names `owner`'s uid. RBAC lets
+/// the operator get any Secret (it cannot select by owner or label); this
+/// is where that right is narrowed, and the system test's audit log checks
+/// it.
+pub async fn read_secret_for<K: Resource<DynamicType = ()>>(
+    secrets: &Api<Secret>,
+    name: &str,
+    owner: &K,
+) -> Result<SecretFor, Error> {
+    let namespace = owner.meta().namespace.as_deref().unwrap_or_default();
+    let Some(meta) = secrets
+        .get_metadata_opt(name)
+        .await
+        .map_err(Error::kube(format!(
+            "reading the metadata of Secret {namespace}/{name}"
+        )))?
+    else {
+        return Ok(SecretFor::Missing);
+    };
+    if !secret_owned_by(&meta.metadata, owner) {
+        return Ok(SecretFor::Foreign);
+    }
+    let full = secrets
+        .get_opt(name)
+        .await
+        .map_err(Error::kube(format!("reading Secret {namespace}/{name}")))?;
+    Ok(match full {
+        None => SecretFor::Missing,
+        Some(secret) if secret_owned_by(&secret.metadata, owner) => {
+            SecretFor::Owned(Box::new(secret))
+        }
+        // Replaced by someone else's between the two reads: not used.
+        Some(_) => SecretFor::Foreign,
+    })
 }
 
 /// A time until `at` from `now` as a requeue delay, at least 100 ms.
@@ -217,7 +252,7 @@ pub fn error_policy<K: Resource<DynamicType = ()>>(
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-    use sigil_crds::OAuthClient;
+    use sigil_crds::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, OAuthClient};
 
     fn owner() -> OAuthClient {
         let mut c = OAuthClient::new(
@@ -249,43 +284,37 @@ mod tests {
     }
 
     #[test]
-    fn only_our_own_secrets_are_written() {
+    fn only_secrets_controlled_by_this_uid_are_ours() {
         let oac = owner();
-        assert!(secret_is_ours(
-            &secret(true, Some(("OAuthClient", "svc", "uid-1"))),
-            &oac
-        ));
+        let ours = |s: Secret| secret_owned_by(&s.metadata, &oac);
+        assert!(ours(secret(true, Some(("OAuthClient", "svc", "uid-1")))));
         assert!(
-            secret_is_ours(&secret(false, Some(("OAuthClient", "svc", "uid-1"))), &oac),
-            "label removed by hand"
+            ours(secret(false, Some(("OAuthClient", "svc", "uid-1")))),
+            "label removed by hand: still ours, the apply puts it back"
         );
         assert!(
-            secret_is_ours(&secret(true, Some(("OAuthClient", "svc", "old-uid"))), &oac),
-            "re-created owner"
+            !ours(secret(true, Some(("OAuthClient", "svc", "old-uid")))),
+            "an earlier object of the same name: not this one's"
         );
         assert!(
-            secret_is_ours(&secret(true, None), &oac),
-            "owner reference removed by hand"
+            !ours(secret(true, None)),
+            "the label alone proves nothing: anyone can set it"
         );
+        assert!(!ours(secret(false, None)), "a user's Secret");
         assert!(
-            !secret_is_ours(&secret(false, None), &oac),
-            "a user's Secret"
-        );
-        assert!(
-            !secret_is_ours(&secret(true, Some(("OAuthClient", "other", "uid-2"))), &oac),
+            !ours(secret(true, Some(("OAuthClient", "other", "uid-2")))),
             "another client's"
         );
-        assert!(!secret_is_ours(
-            &secret(true, Some(("Deployment", "svc", "uid-3"))),
-            &oac
-        ));
-        assert!(secret_owned_by(
-            &secret(false, Some(("OAuthClient", "svc", "uid-1"))),
-            &oac
-        ));
+        let mut not_controller = secret(true, Some(("OAuthClient", "svc", "uid-1")));
+        if let Some(refs) = not_controller.metadata.owner_references.as_mut() {
+            refs[0].controller = None;
+        }
+        assert!(!ours(not_controller), "an owner, not the controller");
+        let mut no_uid = oac.clone();
+        no_uid.metadata.uid = None;
         assert!(!secret_owned_by(
-            &secret(true, Some(("OAuthClient", "svc", "old-uid"))),
-            &oac
+            &secret(true, Some(("OAuthClient", "svc", ""))).metadata,
+            &no_uid
         ));
     }
 }

@@ -11,6 +11,13 @@
 //! accepts the new secret before any workload can read it; for a brand-new
 //! client the Secret comes first and a crash in between is recovered by
 //! adopting the secret found in the Secret.
+//!
+//! Reading: the Secret `spec.secretName` names is read by its metadata
+//! first, and its data only when its controller reference is this
+//! OAuthClient's uid (the operator made it). Any other Secret under that
+//! name — the `managed-by` label included, which anyone can set — is
+//! someone else's: `Ready=False`/`SecretConflict`, never read, never
+//! written, never deleted.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,7 +27,7 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
@@ -30,8 +37,8 @@ use sigil_crds::{
 };
 
 use super::{
-    Refusal, floor_second, ready_condition, refuse, secret_is_ours, secret_owned_by, until,
-    write_status,
+    Refusal, SecretFor, floor_second, read_secret_for, ready_condition, refuse, secret_owned_by,
+    until, write_status,
 };
 use crate::FIELD_MANAGER;
 use crate::context::{Context, Error, Result, jitter};
@@ -362,7 +369,7 @@ fn secret_drift(existing: &Secret, desired: &Secret, owner: &OAuthClient) -> Sec
             .labels()
             .get(MANAGED_BY_LABEL)
             .is_some_and(|v| v == MANAGED_BY_VALUE)
-        && secret_owned_by(existing, owner);
+        && secret_owned_by(&existing.metadata, owner);
     if !(credentials_match && rest_matches) {
         SecretDrift::Other
     } else if have.get(secret_keys::CA_CRT) != want.get(secret_keys::CA_CRT) {
@@ -462,24 +469,21 @@ async fn reconcile_client(oac: &OAuthClient, ctx: &Context) -> Result<Action> {
         }
     };
 
-    let existing = secrets
-        .get_opt(&secret_name)
-        .await
-        .map_err(Error::kube(format!(
-            "reading Secret {namespace}/{secret_name}"
-        )))?;
-    if let Some(existing) = &existing
-        && !secret_is_ours(existing, oac)
-    {
-        let refusal = Refusal {
-            reason: Reason::SecretConflict,
-            action: "WriteSecret",
-            message: format!(
-                "Secret {secret_name} exists and is not managed by this OAuthClient; delete it or set spec.secretName"
-            ),
-        };
-        return refuse(ctx, oac, &clients, (&status, status.clone()), refusal, now).await;
-    }
+    // Metadata first; data only of a Secret this very client controls.
+    let existing = match read_secret_for(&secrets, &secret_name, oac).await? {
+        SecretFor::Missing => None,
+        SecretFor::Owned(secret) => Some(*secret),
+        SecretFor::Foreign => {
+            let refusal = Refusal {
+                reason: Reason::SecretConflict,
+                action: "WriteSecret",
+                message: format!(
+                    "Secret {secret_name} exists and is not managed by this OAuthClient; delete it or set spec.secretName"
+                ),
+            };
+            return refuse(ctx, oac, &clients, (&status, status.clone()), refusal, now).await;
+        }
+    };
 
     let client_secret_of = |secret: &Secret| {
         secret
@@ -493,18 +497,12 @@ async fn reconcile_client(oac: &OAuthClient, ctx: &Context) -> Result<Action> {
         (Some(secret), _) => SecretSeen::Present(client_secret_of(secret)),
         (None, Some(old_name)) => {
             // Renamed: carry the secret over from the old Secret if it is ours.
-            let old = secrets
-                .get_opt(old_name)
-                .await
-                .map_err(Error::kube(format!(
-                    "reading Secret {namespace}/{old_name}"
-                )))?;
-            match old
-                .filter(|s| secret_owned_by(s, oac))
-                .and_then(|s| client_secret_of(&s))
-            {
-                Some(value) => SecretSeen::Present(Some(value)),
-                None => SecretSeen::Missing,
+            match read_secret_for(&secrets, old_name, oac).await? {
+                SecretFor::Owned(old) => match client_secret_of(&old) {
+                    Some(value) => SecretSeen::Present(Some(value)),
+                    None => SecretSeen::Missing,
+                },
+                SecretFor::Missing | SecretFor::Foreign => SecretSeen::Missing,
             }
         }
         (None, None) => SecretSeen::Missing,
@@ -705,19 +703,31 @@ async fn reconcile_client(oac: &OAuthClient, ctx: &Context) -> Result<Action> {
     })
 }
 
-/// Deletes `name` if it is a Secret this OAuthClient controls.
+/// Deletes `name` if it is a Secret this OAuthClient controls, deciding
+/// by its metadata only; the uid precondition makes sure the Secret
+/// deleted is the one looked at, not one re-created under its name.
 async fn delete_owned_secret(secrets: &Api<Secret>, name: &str, oac: &OAuthClient) -> Result<()> {
-    let Some(secret) = secrets
-        .get_opt(name)
+    let Some(meta) = secrets
+        .get_metadata_opt(name)
         .await
-        .map_err(Error::kube(format!("reading Secret {name}")))?
+        .map_err(Error::kube(format!(
+            "reading the metadata of Secret {name}"
+        )))?
     else {
         return Ok(());
     };
-    if secret_owned_by(&secret, oac) {
-        match secrets.delete(name, &DeleteParams::default()).await {
+    if secret_owned_by(&meta.metadata, oac) {
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: meta.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match secrets.delete(name, &params).await {
             Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            // Gone, or replaced (uid precondition failed): not ours to delete.
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
             Err(e) => return Err(Error::kube(format!("deleting Secret {name}"))(e)),
         }
     }

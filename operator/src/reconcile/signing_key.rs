@@ -26,11 +26,11 @@ use kube::{Resource, ResourceExt};
 use sigil_core::keys;
 use sigil_crds::ring::{self, Change, NewKeyReason, RingPolicy};
 use sigil_crds::{
-    KeyState, MANAGED_BY_LABEL, MANAGED_BY_VALUE, Reason, SigningAlgorithm, SigningKey,
-    SigningKeyStatus, annotations,
+    KeyState, MANAGED_BY_LABEL, MANAGED_BY_VALUE, Reason, SIGNING_KEY_LABEL, SigningAlgorithm,
+    SigningKey, SigningKeyStatus, annotations,
 };
 
-use super::{Refusal, ready_condition, refuse, secret_is_ours, until, write_status};
+use super::{Refusal, SecretFor, read_secret_for, ready_condition, refuse, until, write_status};
 use crate::FIELD_MANAGER;
 use crate::context::{Context, Error, Result};
 
@@ -66,10 +66,10 @@ fn key_secret(
         metadata: ObjectMeta {
             name: Some(sk.secret_name()),
             namespace: Some(namespace.to_owned()),
-            labels: Some(BTreeMap::from([(
-                MANAGED_BY_LABEL.to_owned(),
-                MANAGED_BY_VALUE.to_owned(),
-            )])),
+            labels: Some(BTreeMap::from([
+                (MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned()),
+                (SIGNING_KEY_LABEL.to_owned(), sk.name_any()),
+            ])),
             owner_references: Some(vec![owner]),
             ..Default::default()
         },
@@ -109,24 +109,21 @@ async fn reconcile_ring(sk: &SigningKey, ctx: &Context) -> Result<Action> {
     let status = sk.status.clone().unwrap_or_default();
     let algorithm = sk.spec.algorithm;
 
-    let existing = secrets
-        .get_opt(&secret_name)
-        .await
-        .map_err(Error::kube(format!(
-            "reading Secret {namespace}/{secret_name}"
-        )))?;
-    if let Some(existing) = &existing
-        && !secret_is_ours(existing, sk)
-    {
-        let refusal = Refusal {
-            reason: Reason::SecretConflict,
-            action: "WriteSecret",
-            message: format!(
-                "Secret {secret_name} exists and is not managed by this SigningKey; delete it"
-            ),
-        };
-        return refuse(ctx, sk, &api, (&status, status.clone()), refusal, now).await;
-    }
+    // Metadata first; data only of a Secret this very SigningKey controls.
+    let existing = match read_secret_for(&secrets, &secret_name, sk).await? {
+        SecretFor::Missing => None,
+        SecretFor::Owned(secret) => Some(*secret),
+        SecretFor::Foreign => {
+            let refusal = Refusal {
+                reason: Reason::SecretConflict,
+                action: "WriteSecret",
+                message: format!(
+                    "Secret {secret_name} exists and is not managed by this SigningKey; delete it"
+                ),
+            };
+            return refuse(ctx, sk, &api, (&status, status.clone()), refusal, now).await;
+        }
+    };
 
     // Private keys on hand, as PEM text.
     let stored: BTreeMap<String, String> = existing
@@ -264,10 +261,14 @@ async fn reconcile_ring(sk: &SigningKey, ctx: &Context) -> Result<Action> {
             .collect(),
         None => have.clone(),
     };
-    let secret_ok = existing
-        .as_ref()
-        .is_some_and(|s| super::secret_owned_by(s, sk) && s.type_.as_deref() == Some("Opaque"))
-        || generated.is_some();
+    // Owned already (else refused above); the labels matter too: the
+    // issuer finds key Secrets by SIGNING_KEY_LABEL (one written before it
+    // existed gets it here).
+    let secret_ok = existing.as_ref().is_some_and(|s| {
+        s.type_.as_deref() == Some("Opaque")
+            && s.labels().get(SIGNING_KEY_LABEL) == Some(&name)
+            && s.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE)
+    }) || generated.is_some();
     if written != wanted || !secret_ok {
         let data: BTreeMap<String, ByteString> = wanted
             .iter()
