@@ -1,6 +1,6 @@
 //! Cluster mode: kube-runtime watches of `OAuthClient` (cluster-wide),
-//! `SigningKey` and the `<name>-keys` Secrets (the issuer's namespace)
-//! feed the store. Requests never wait for the API server; when it goes
+//! `SigningKey` and the `<name>-keys` Secrets (the issuer's namespace,
+//! selected by the `sigil.dev/signing-key` label) feed the store. Requests never wait for the API server; when it goes
 //! away the watches retry with backoff while the issuer serves from what it
 //! has, and a metric plus a log line say so.
 
@@ -14,7 +14,7 @@ use kube::Api;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::watcher::{self, Event};
 use sigil_crds::watch::{Undecodable, guarded_watcher, with_watch_backoff};
-use sigil_crds::{OAuthClient, SigningKey};
+use sigil_crds::{OAuthClient, SIGNING_KEY_LABEL, SigningKey};
 
 use crate::index::{ObjectKey, Store};
 use crate::inject::admission::ClientDirectory;
@@ -232,10 +232,14 @@ pub async fn run(
         health.clone(),
         1,
     );
+    // Only the signing-key Secrets, by label: the namespace's other
+    // Secrets (the CA key's, client Secrets) are never asked for. RBAC
+    // cannot narrow a list by label; this selector does, and the system
+    // test's audit log checks it.
     let secrets = feed(
         guarded_watcher::<Secret>(
             api(ApiResource::erase::<Secret>(&()), Some(&namespace)),
-            config,
+            config.labels(SIGNING_KEY_LABEL),
             report_undecodable(metrics, RESOURCES[2]),
         ),
         KeySecretIndex {
