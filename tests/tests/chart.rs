@@ -158,16 +158,37 @@ async fn chart_installs_uninstalls_and_grants_least_privilege() {
         }
     };
 
-    // The issuer reads the two kinds everywhere, Secrets only at home.
+    // The issuer reads the two kinds everywhere, Secrets only at home, by
+    // a (label-selected) watch: never a get, so not the CA Secret by name.
     assert!(can(&issuer, "list", "oauthclients.sigil.dev", None));
     assert!(can(&issuer, "watch", "signingkeys.sigil.dev", None));
-    assert!(can(&issuer, "get", "secrets", Some(&ns)));
+    assert!(can(&issuer, "list", "secrets", Some(&ns)));
+    assert!(can(&issuer, "watch", "secrets", Some(&ns)));
+    assert!(!can(&issuer, "get", "secrets", Some(&ns)));
+    let ca_secret = cluster.kubectl(&[
+        "auth",
+        "can-i",
+        "get",
+        "secrets/sigil-issuer-tls-ca",
+        "--as",
+        &issuer,
+        "-n",
+        &ns,
+    ]);
+    assert_eq!(
+        ca_secret.stdout.trim(),
+        "no",
+        "issuer can get the CA key's Secret: {ca_secret:?}"
+    );
     assert!(
         !can(&issuer, "get", "secrets", Some(&other)),
         "issuer can read another namespace's Secrets"
     );
+    assert!(!can(&issuer, "list", "secrets", Some(&other)));
     assert!(!can(&issuer, "list", "secrets", None));
-    assert!(!can(&issuer, "create", "secrets", Some(&ns)));
+    for verb in ["create", "patch", "update", "delete"] {
+        assert!(!can(&issuer, verb, "secrets", Some(&ns)), "issuer {verb}");
+    }
     assert!(!can(
         &issuer,
         "patch",
@@ -182,8 +203,10 @@ async fn chart_installs_uninstalls_and_grants_least_privilege() {
     ));
 
     // The operator writes client Secrets and status, never client specs.
+    // Secrets by server-side apply only (no update).
     assert!(can(&operator, "create", "secrets", Some(&other)));
     assert!(can(&operator, "patch", "secrets", Some(&other)));
+    assert!(!can(&operator, "update", "secrets", Some(&other)));
     assert!(can(&operator, "watch", "oauthclients.sigil.dev", None));
     assert!(can(
         &operator,
