@@ -62,6 +62,29 @@ impl Component {
     }
 }
 
+/// The API server's audit policy: Secret requests by ServiceAccounts
+/// (outside kube-system), with request and response bodies, so a test can
+/// tell a metadata-only read (`PartialObjectMetadata`) from a read of the
+/// data. Nothing else is logged, which keeps the log small. The log holds
+/// the Secrets' data those ServiceAccounts read: it lives in the control
+/// plane's temp directory and goes with it.
+pub const AUDIT_POLICY: &str = r#"apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: None
+    userGroups: ["system:serviceaccounts:kube-system"]
+  - level: RequestResponse
+    userGroups: ["system:serviceaccounts"]
+    resources:
+      - group: ""
+        resources: ["secrets"]
+  - level: None
+"#;
+
+/// The audit log's path in the control plane's directory.
+const AUDIT_LOG: &str = "logs/audit.log";
+
 /// Options for [`ControlPlane::start`].
 #[derive(Clone, Debug, Default)]
 pub struct Options {
@@ -161,6 +184,9 @@ impl ControlPlane {
                 "--log-level=warn".into(),
             ]),
         );
+        let audit_policy = dir.join("audit-policy.yaml");
+        std::fs::write(&audit_policy, AUDIT_POLICY)
+            .with_context(|| format!("writing {}", audit_policy.display()))?;
         let mut api_server = ProcessSpec::new(bin.join("kube-apiserver"), &dir, "kube-apiserver")
             .args([
                 format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
@@ -181,6 +207,12 @@ impl ControlPlane {
                 format!("--service-cluster-ip-range={}", node::SERVICE_CIDR),
                 "--allow-privileged=true".into(),
                 "--profiling=false".into(),
+                format!("--audit-policy-file={}", audit_policy.display()),
+                format!("--audit-log-path={}", dir.join(AUDIT_LOG).display()),
+                "--audit-log-format=json".into(),
+                // Written as each request completes, not batched: a test
+                // reads the log right after the requests it checks.
+                "--audit-log-mode=blocking".into(),
                 "--v=0".into(),
             ]);
         if node.is_some() {
@@ -377,6 +409,13 @@ impl ControlPlane {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The API server's audit log (JSON lines, [`AUDIT_POLICY`]): every
+    /// Secret request a ServiceAccount made, with the response; read it with
+    /// [`crate::audit::secret_requests`].
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.join(AUDIT_LOG)
     }
 
     /// The `kubectl` built with the control plane.

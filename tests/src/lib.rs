@@ -2,6 +2,7 @@
 //! helpers shared by the end-to-end tests in `tests/tests/`. Nothing that
 //! ships may depend on this crate.
 
+pub mod audit;
 pub mod cluster;
 pub mod install;
 pub mod node;

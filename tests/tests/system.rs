@@ -1,13 +1,20 @@
 //! The whole system: the README's run command, and the operator and issuer
 //! running with exactly the chart's RBAC (real ServiceAccount tokens), so a
-//! missing permission fails here rather than in somebody's cluster.
+//! missing permission fails here rather than in somebody's cluster, and an
+//! excess one shows: what RBAC cannot narrow (Secrets by label or owner),
+//! the API server's audit log proves the code narrows.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
-use sigil_crds::OAuthClient;
-use sigil_tests::cluster::{TestCluster, workspace_root};
+use kube::api::{Api, PostParams};
+use sigil_crds::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, OAuthClient, SIGNING_KEY_LABEL};
+use sigil_tests::audit::{self, Returned, SecretRequest};
+use sigil_tests::cluster::{TestCluster, client_from_kubeconfig, workspace_root};
 use sigil_tests::processes::{Process, free_addr};
 
 /// Runs `sigil-dev` (what `hack/dev.sh` runs after building) with `extra`
@@ -91,6 +98,66 @@ async fn the_soak_command_runs_sigil_as_processes_and_loads_the_issuer() {
     );
 }
 
+/// Whether `client`'s own identity may `verb` `resource` (`secrets`,
+/// `oauthclients.sigil.dev/status`, …), per the API server's authorizer
+/// (a SelfSubjectAccessReview, what `kubectl auth can-i` asks).
+async fn can(
+    client: &kube::Client,
+    verb: &str,
+    resource: &str,
+    namespace: Option<&str>,
+    name: Option<&str>,
+) -> bool {
+    let (resource, subresource) = match resource.split_once('/') {
+        Some((r, sub)) => (r, Some(sub.to_owned())),
+        None => (resource, None),
+    };
+    let (resource, group) = match resource.split_once('.') {
+        Some((r, group)) => (r, group),
+        None => (resource, ""),
+    };
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.to_owned()),
+                group: Some(group.to_owned()),
+                resource: Some(resource.to_owned()),
+                subresource,
+                namespace: namespace.map(str::to_owned),
+                name: name.map(str::to_owned),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let answer = Api::<SelfSubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("SelfSubjectAccessReview");
+    answer.status.expect("review status").allowed
+}
+
+/// The Ready condition's (status, reason, message).
+fn ready(oac: &OAuthClient) -> Option<(String, String, String)> {
+    let ready = oac
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")?;
+    Some((
+        ready.status.clone(),
+        ready.reason.clone(),
+        ready.message.clone(),
+    ))
+}
+
+/// The requests of `user` in `requests`, for failure messages.
+fn of<'a>(requests: &'a [SecretRequest], user: &str) -> Vec<&'a SecretRequest> {
+    requests.iter().filter(|r| r.user == user).collect()
+}
+
 #[tokio::test]
 async fn operator_and_issuer_work_with_exactly_the_charts_rbac() {
     let cluster = TestCluster::shared().await;
@@ -156,14 +223,124 @@ async fn operator_and_issuer_work_with_exactly_the_charts_rbac() {
         .await
         .expect("issuer ready under least privilege");
 
+    // (a) What the ServiceAccounts may do, asked as themselves.
+    let as_issuer = client_from_kubeconfig(&issuer_kubeconfig)
+        .await
+        .expect("issuer client");
+    let as_operator = client_from_kubeconfig(&operator_kubeconfig)
+        .await
+        .expect("operator client");
+    // The operator's CA Secret (--tls-secret's default, plus -ca).
+    let (tls_secret, ca_secret) = ("sigil-issuer-tls", "sigil-issuer-tls-ca");
+    let home = Some(ns.as_str());
+    let away = Some(app.as_str());
+    // The issuer: a (label-selected) watch of its namespace's Secrets, no
+    // get at all, so not the CA Secret by name; nothing elsewhere; no write.
+    assert!(can(&as_issuer, "list", "secrets", home, None).await);
+    assert!(can(&as_issuer, "watch", "secrets", home, None).await);
+    assert!(
+        !can(&as_issuer, "get", "secrets", home, Some(ca_secret)).await,
+        "the issuer can get the CA key's Secret"
+    );
+    assert!(!can(&as_issuer, "get", "secrets", home, Some(tls_secret)).await);
+    for verb in ["get", "list", "watch"] {
+        assert!(
+            !can(&as_issuer, verb, "secrets", away, None).await,
+            "the issuer can {verb} Secrets in another namespace"
+        );
+        assert!(
+            !can(&as_issuer, verb, "secrets", None, None).await,
+            "the issuer can {verb} Secrets cluster-wide"
+        );
+    }
+    for (verb, resource, namespace) in [
+        ("create", "secrets", home),
+        ("patch", "secrets", home),
+        ("update", "secrets", home),
+        ("delete", "secrets", home),
+        ("patch", "oauthclients.sigil.dev/status", away),
+        ("update", "oauthclients.sigil.dev", away),
+        ("patch", "signingkeys.sigil.dev/status", home),
+        ("create", "configmaps", home),
+        ("create", "events.events.k8s.io", home),
+        ("update", "leases.coordination.k8s.io", home),
+    ] {
+        assert!(
+            !can(&as_issuer, verb, resource, namespace, None).await,
+            "the issuer can {verb} {resource} in {namespace:?}"
+        );
+    }
+    // The operator: Secrets everywhere (RBAC cannot select by label or
+    // owner: the audit below shows what it does with that), by apply and
+    // delete, never update; no other kind's objects.
+    for verb in ["get", "list", "watch", "create", "patch", "delete"] {
+        assert!(
+            can(&as_operator, verb, "secrets", away, None).await,
+            "{verb}"
+        );
+    }
+    assert!(!can(&as_operator, "update", "secrets", away, None).await);
+    assert!(!can(&as_operator, "update", "oauthclients.sigil.dev", away, None).await);
+    assert!(!can(&as_operator, "create", "pods", away, None).await);
+    assert!(!can(&as_operator, "get", "configmaps", away, None).await);
+
     let client = cluster.client().await;
+    // Someone else's Secret, with Sigil's label but no owner, and a client
+    // whose spec.secretName names it: a conflict, its data never read.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &app);
+    let mut foreign = Secret::default();
+    foreign.metadata.name = Some("taken".into());
+    foreign.metadata.labels = Some([(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into())].into());
+    foreign.string_data = Some([("client_secret".to_owned(), "mine".to_owned())].into());
+    let foreign = secrets
+        .create(&PostParams::default(), &foreign)
+        .await
+        .expect("creating the foreign Secret");
+    let clients: Api<OAuthClient> = Api::namespaced(client.clone(), &app);
+    let squatter = serde_json::json!({
+        "apiVersion": "sigil.dev/v1alpha1",
+        "kind": "OAuthClient",
+        "metadata": { "name": "squatter" },
+        "spec": { "scopes": ["orders.read"], "secretName": "taken" },
+    });
+    clients
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(squatter).expect("valid OAuthClient"),
+        )
+        .await
+        .expect("OAuthClient created");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let conflict = loop {
+        operator.check_running().expect("operator running");
+        let oac = clients.get("squatter").await.expect("get OAuthClient");
+        if let Some((status, reason, message)) = ready(&oac)
+            && reason == "SecretConflict"
+        {
+            assert_eq!(status, "False");
+            break message;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no SecretConflict within 30s: {oac:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(conflict.contains("Secret taken"), "{conflict}");
+    let after = secrets.get("taken").await.expect("the foreign Secret");
+    assert_eq!(
+        after.metadata.resource_version, foreign.metadata.resource_version,
+        "the foreign Secret was written"
+    );
+    assert_eq!(after.data, foreign.data);
+    assert_eq!(after.metadata.owner_references, None);
+
     let manifest = serde_json::json!({
         "apiVersion": "sigil.dev/v1alpha1",
         "kind": "OAuthClient",
         "metadata": { "name": "orders" },
         "spec": { "scopes": ["orders.read"], "audiences": ["orders"] },
     });
-    let clients: Api<OAuthClient> = Api::namespaced(client.clone(), &app);
     clients
         .create(
             &Default::default(),
@@ -171,7 +348,6 @@ async fn operator_and_issuer_work_with_exactly_the_charts_rbac() {
         )
         .await
         .expect("OAuthClient created");
-    let secrets: Api<Secret> = Api::namespaced(client, &app);
     let deadline = Instant::now() + Duration::from_secs(30);
     let secret = loop {
         operator.check_running().expect("operator running");
@@ -221,4 +397,83 @@ async fn operator_and_issuer_work_with_exactly_the_charts_rbac() {
     }
     operator.stop().await;
     issuer.stop().await;
+
+    // (b) What they asked for, from the API server's audit log.
+    let log = std::fs::read_to_string(cluster.control_plane.audit_log()).expect("audit log");
+    let requests = audit::secret_requests(&log).expect("parsing the audit log");
+    let issuer_user = format!("system:serviceaccount:{ns}:sigil-rbac-issuer");
+    let operator_user = format!("system:serviceaccount:{ns}:sigil-rbac-operator");
+    let key_secret = "default-keys";
+
+    // The issuer: only its label-selected watch of its own namespace, which
+    // returned the signing-key Secret and nothing else; never the CA's.
+    let by_issuer = of(&requests, &issuer_user);
+    assert!(
+        by_issuer
+            .iter()
+            .any(|r| r.verb == "list" && r.data_of().iter().any(|n| n == key_secret)),
+        "the audit log shows no list of the key Secret by the issuer: {by_issuer:#?}"
+    );
+    for r in &by_issuer {
+        assert!(
+            (r.verb == "list" || r.verb == "watch")
+                && r.namespace.as_deref() == Some(ns.as_str())
+                && r.name.is_none()
+                && r.label_selector.as_deref() == Some(SIGNING_KEY_LABEL)
+                && r.data_of().iter().all(|n| n == key_secret),
+            "the issuer asked for more than its signing-key Secrets: {r:#?}"
+        );
+    }
+
+    // The operator: data only of Secrets it owns (here: orders-oauth, the
+    // key Secret) and, by name, the issuer's TLS and CA Secrets at home;
+    // lists and watches by label (metadata only) or by those names.
+    let by_operator = of(&requests, &operator_user);
+    let owned_in = |namespace: Option<&str>| -> BTreeSet<&str> {
+        if namespace == Some(app.as_str()) {
+            BTreeSet::from(["orders-oauth"])
+        } else if namespace == Some(ns.as_str()) {
+            BTreeSet::from([key_secret, tls_secret, ca_secret])
+        } else {
+            BTreeSet::new()
+        }
+    };
+    let managed = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
+    for r in &by_operator {
+        let allowed = owned_in(r.namespace.as_deref());
+        assert!(
+            r.data_of().iter().all(|n| allowed.contains(n.as_str())),
+            "the operator read the data of a Secret it does not own: {r:#?}"
+        );
+        if r.verb == "list" || r.verb == "watch" {
+            let by_label = r.label_selector.as_deref() == Some(managed.as_str());
+            let by_name = r.namespace.as_deref() == Some(ns.as_str())
+                && r.field_selector.as_deref().is_some_and(|f| {
+                    [tls_secret, ca_secret]
+                        .iter()
+                        .any(|n| f == format!("metadata.name={n}"))
+                });
+            assert!(by_label || by_name, "an unselected list or watch: {r:#?}");
+            assert!(
+                !by_label || r.data_of().is_empty(),
+                "a label-selected list returned data: {r:#?}"
+            );
+        }
+    }
+    let on_foreign: Vec<&&SecretRequest> = by_operator
+        .iter()
+        .filter(|r| {
+            r.namespace.as_deref() == Some(app.as_str()) && r.name.as_deref() == Some("taken")
+        })
+        .collect();
+    assert!(
+        !on_foreign.is_empty(),
+        "the audit log shows no request for the foreign Secret: {by_operator:#?}"
+    );
+    for r in &on_foreign {
+        assert!(
+            r.verb == "get" && matches!(r.returned, Returned::Metadata(_)),
+            "the operator did more than read the foreign Secret's metadata: {r:#?}"
+        );
+    }
 }
