@@ -78,7 +78,8 @@ pub fn secret_requests(log: &str) -> anyhow::Result<Vec<SecretRequest>> {
     let mut out = Vec::new();
     for event in &events {
         let object = &event["objectRef"];
-        if object["resource"] != "secrets" || object["apiGroup"].as_str().unwrap_or("") != "" {
+        if object["resource"] != "secrets" || !object["apiGroup"].as_str().unwrap_or("").is_empty()
+        {
             continue;
         }
         let id = event["auditID"].as_str().unwrap_or_default();
