@@ -972,6 +972,41 @@ async fn deleting_the_client_removes_its_secret() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_client_gets_a_secret_of_its_own() {
+    // The old client's Secret is owned by the old uid: the new client of
+    // the same name never takes it over (ownership is the uid, not the name
+    // or the label); once garbage collection removes it, the new client
+    // gets a Secret and a secret of its own.
+    let cluster = TestCluster::shared().await;
+    let client = cluster.client().await;
+    let ns = cluster.namespace("op-recreate").await;
+    let _operator = Operator::start(cluster, &ns, &[&ns], "recreate");
+    apply_client(&client, &ns, "svc", json!({ "scopes": ["a"] })).await;
+    let (first, secret) = wait_ready(&client, &ns, "svc").await;
+    let old_value = data(&secret, "client_secret").expect("secret");
+    let clients: Api<OAuthClient> = Api::namespaced(client.clone(), &ns);
+    clients
+        .delete("svc", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually(Duration::from_secs(10), "the client to go", || async {
+        clients.get_opt("svc").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    apply_client(&client, &ns, "svc", json!({ "scopes": ["a"] })).await;
+    let (second, secret) = wait_ready(&client, &ns, "svc").await;
+    assert_ne!(second.metadata.uid, first.metadata.uid);
+    let owners = secret.metadata.owner_references.clone().unwrap_or_default();
+    assert_eq!(owners.len(), 1, "{owners:?}");
+    assert_eq!(Some(&owners[0].uid), second.metadata.uid.as_ref());
+    assert_ne!(
+        data(&secret, "client_secret"),
+        Some(old_value),
+        "the old client's secret was carried over"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_secret_rotates_with_a_grace_period() {
     let cluster = TestCluster::shared().await;
     let client = cluster.client().await;
