@@ -797,3 +797,33 @@ async fn a_new_ring_stores_its_key_before_status_names_it() {
     // The Secret already holds exactly the ring: no prune.
     api.finish(run, ctx).await;
 }
+
+#[tokio::test]
+async fn a_key_secret_that_is_not_ours_is_refused_unread() {
+    // Sigil's label but no owner: someone else's, whatever it says.
+    let (ctx, mut api) = test_context();
+    let sk = signing_key();
+    let theirs = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": "ring-keys", "namespace": NAMESPACE, "uid": "uid-theirs",
+            "labels": { sigil_crds::MANAGED_BY_LABEL: sigil_crds::MANAGED_BY_VALUE },
+        },
+        "type": "Opaque",
+        "data": { "kid": "LS0tLS1CRUdJTg==" },
+    });
+    let run = tokio::spawn(signing_key::reconcile(Arc::new(sk.clone()), ctx.clone()));
+
+    api.expect_secret_metadata("ring-keys", Some(&theirs)).await;
+    let status = api
+        .expect(Method::PATCH, SIGNING_KEY_STATUS, with_status(&sk))
+        .await;
+    let sent = &status.body()["status"];
+    assert_eq!(ready_condition(sent)["status"], "False");
+    assert_eq!(ready_condition(sent)["reason"], "SecretConflict");
+    let event = api.expect(Method::POST, EVENTS, echo).await;
+    assert_event(&event, "Warning", "SecretConflict", "SigningKey", "ring");
+
+    api.finish(run, ctx).await;
+}
