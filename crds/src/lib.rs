@@ -14,7 +14,9 @@
 
 pub mod backoff;
 pub mod conditions;
+pub mod grant;
 pub mod oauth_client;
+pub mod oauth_resource;
 pub mod ring;
 pub mod shutdown;
 pub mod signing_key;
@@ -27,8 +29,12 @@ pub use validation::RESERVED_CLAIMS;
 use std::time::Duration;
 
 pub use oauth_client::{
-    AuthMethod, ClientJwks, OAuthClient, OAuthClientSpec, OAuthClientStatus, PublicJwk,
-    SecretRotation, SecretVerifier,
+    AuthMethod, ClientJwks, Denial, DeniedKind, EffectiveGrant, OAuthClient, OAuthClientSpec,
+    OAuthClientStatus, PublicJwk, SecretRotation, SecretVerifier,
+};
+pub use oauth_resource::{
+    Grant, OAuthResource, OAuthResourceSpec, OAuthResourceStatus, ScopeClaim, ScopeDefinition,
+    TokenFormat, TokenType,
 };
 pub use signing_key::{
     KeyState, KeyStatus, SigningAlgorithm, SigningKey, SigningKeySpec, SigningKeyStatus,
@@ -96,6 +102,13 @@ pub fn crd_manifests() -> anyhow::Result<Vec<(&'static str, String)>> {
         (
             "sigil.dev_oauthclients.yaml",
             format!("{header}{}", serde_saphyr::to_string(&OAuthClient::crd())?),
+        ),
+        (
+            "sigil.dev_oauthresources.yaml",
+            format!(
+                "{header}{}",
+                serde_saphyr::to_string(&OAuthResource::crd())?
+            ),
         ),
         (
             "sigil.dev_signingkeys.yaml",

@@ -694,7 +694,7 @@ mod tests {
         let refused = [
             (
                 "apiVersion: sigil.dev/v1alpha1\nkind: OAuthClient\nmetadata: {name: evil}\nspec:\n  additionalClaims: {iss: https://attacker.example, sub: admin}\n",
-                "spec.additionalClaims: Invalid value: additionalClaims may not set registered or Sigil-owned claims (iss, sub, aud, exp, nbf, iat, jti, client_id, scope, scp, cnf)",
+                "spec.additionalClaims: Invalid value: additionalClaims may not set registered or Sigil-owned claims (iss, sub, aud, exp, nbf, iat, jti, client_id, scope, scp, cnf, azp, act, may_act, acr, amr, auth_time)",
             ),
             (
                 "apiVersion: sigil.dev/v1alpha1\nkind: SigningKey\nmetadata: {name: default}\nspec: {prePublish: 48h, rotationInterval: 1h}\n",
