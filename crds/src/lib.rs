@@ -73,7 +73,7 @@ pub mod secret_keys {
     pub const CA_CRT: &str = "ca.crt";
 }
 
-pub use conditions::{CONDITION_READY, Reason};
+pub use conditions::{CONDITION_GRANTED, CONDITION_READY, Reason};
 
 /// Parses a Go-style duration string (`90s`, `1h30m`) as the CRD schema
 /// accepts it. Negative durations are refused.

@@ -401,15 +401,16 @@ fn secret_rotation_rules(schema: &mut Schema) {
 
 fn additional_claims_schema(schema: &mut Schema) {
     // Values are arbitrary JSON, so the object preserves unknown fields. CEL
-    // cannot see members the schema does not declare, so the reserved claims
-    // are declared (as any JSON: `act` is an object, `amr` an array) and the
+    // cannot type a map of untyped values (nor a member declared untyped),
+    // so the reserved claims are declared (as int-or-string, the shapes most
+    // have in a JWT; an object such as `act` is refused by that type) and the
     // rule refuses any of them being present.
     let reserved: serde_json::Map<String, serde_json::Value> = validation::RESERVED_CLAIMS
         .iter()
         .map(|c| {
             (
                 (*c).to_owned(),
-                serde_json::json!({ "x-kubernetes-preserve-unknown-fields": true }),
+                serde_json::json!({ "x-kubernetes-int-or-string": true }),
             )
         })
         .collect();

@@ -13,9 +13,9 @@ use crate::validation::{self, DurationBounds, add_rule, duration_schema, list_se
 
 pub const RESOURCE_SCOPES_MAX_ITEMS: usize = 64;
 pub const SCOPE_DESCRIPTION_MAX_LENGTH: usize = 256;
-pub const GRANTS_MAX_ITEMS: usize = 32;
+pub const GRANTS_MAX_ITEMS: usize = 16;
 pub const GRANT_NAMESPACES_MAX_ITEMS: usize = 64;
-pub const GRANT_SCOPES_MAX_ITEMS: usize = 64;
+pub const GRANT_SCOPES_MAX_ITEMS: usize = 32;
 pub const GRANT_CLAIMS_MAX_ITEMS: usize = 32;
 pub const CLAIM_NAME_MAX_LENGTH: usize = 64;
 

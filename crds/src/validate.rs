@@ -303,6 +303,20 @@ fn oauth_client_schema(spec: &OAuthClientSpec) -> Report {
             None,
             Some(oac::ADDITIONAL_CLAIMS_MAX_PROPERTIES),
         );
+        // The schema declares the reserved claims as int-or-string (so its
+        // CEL rule can name them); other values are free JSON.
+        for claim in validation::RESERVED_CLAIMS {
+            if let Some(value) = claims.get(*claim)
+                && !matches!(value, Value::String(_) | Value::Null)
+                && !is_integer(value)
+            {
+                report.wrong_type(
+                    &format!("spec.additionalClaims.{claim}"),
+                    value,
+                    "integer,string",
+                );
+            }
+        }
     }
     report
 }
@@ -619,17 +633,15 @@ mod tests {
 
     #[test]
     fn a_type_error_skips_the_rules_like_the_api_server() {
-        // A JWK whose `kty` is no string, in a client without
-        // private_key_jwt: only the type error, not the jwks rule.
         let client: OAuthClient = serde_json::from_value(serde_json::json!({
             "apiVersion": "sigil.dev/v1alpha1", "kind": "OAuthClient",
             "metadata": { "name": "x" },
-            "spec": { "jwks": { "keys": [{ "kty": 5 }] } },
+            "spec": { "additionalClaims": { "aud": ["a", "b"] } },
         }))
         .expect("deserializes");
         let errors = validate_oauth_client(&client).expect_err("refused");
         assert_eq!(errors.len(), 1, "{errors:#?}");
-        assert_eq!(errors[0].field, "spec.jwks.keys[0].kty");
+        assert_eq!(errors[0].field, "spec.additionalClaims.aud");
     }
 
     #[test]
@@ -694,6 +706,9 @@ mod tests {
     #[test]
     fn validate_knows_every_constraint_of_the_schema() {
         use kube::CustomResourceExt;
+        let reserved = validation::RESERVED_CLAIMS
+            .iter()
+            .map(|c| format!("spec.additionalClaims.{c} x-kubernetes-int-or-string"));
         let mut oauth_client: Vec<String> = [
             "spec rule: jwks is required when authMethods contains private_key_jwt",
             "spec rule: jwks is only used with private_key_jwt: add it to authMethods",
@@ -748,6 +763,7 @@ mod tests {
             Some(path) => format!("{path}rule: {}", rule_message_at(path.trim_end())),
             None => c.to_owned(),
         })
+        .chain(reserved)
         .collect();
         let mut signing_key: Vec<String> = [
             "spec rule: rsaBits applies only to the RSA algorithms RS256, RS384, RS512 and PS256",

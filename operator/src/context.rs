@@ -11,6 +11,7 @@ use sigil_core::IssuerUrl;
 use sigil_crds::{OAuthClient, SigningKey};
 
 use crate::client_index::ClientIndex;
+use crate::grants::GrantSources;
 use crate::issuer_ca::IssuerCa;
 use crate::metrics::Metrics;
 
@@ -30,6 +31,8 @@ pub struct Context {
     pub signing_keys: Store<SigningKey>,
     /// Which clients claim which clientId (maintained from the watch).
     pub client_index: Arc<Mutex<ClientIndex>>,
+    /// OAuthResources, Namespaces and the policy the grants come from.
+    pub grants: GrantSources,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -92,6 +95,7 @@ impl Context {
         metrics: Arc<Metrics>,
         oauth_clients: Store<OAuthClient>,
         signing_keys: Store<SigningKey>,
+        grants: GrantSources,
     ) -> Self {
         Context {
             client,
@@ -103,6 +107,7 @@ impl Context {
             oauth_clients,
             signing_keys,
             client_index: Arc::new(Mutex::new(ClientIndex::default())),
+            grants,
             failures: Mutex::new(HashMap::new()),
         }
     }
