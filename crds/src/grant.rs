@@ -285,6 +285,21 @@ pub fn effective_grant(
     out
 }
 
+/// Everything `spec` requests, granted: what a trusted configuration (the
+/// standalone issuer's manifests) gets without OAuthResources.
+pub fn as_requested(spec: &OAuthClientSpec) -> EffectiveGrant {
+    EffectiveGrant {
+        audiences: spec.audiences.clone(),
+        scopes: spec.scopes.clone(),
+        claims: spec
+            .additional_claims
+            .iter()
+            .flat_map(|c| c.keys().cloned())
+            .collect(),
+        denied: Vec::new(),
+    }
+}
+
 /// One line per denial, for the `Granted` condition and the Event.
 pub fn denial_summary(denied: &[Denial]) -> String {
     denied
@@ -327,6 +342,15 @@ pub fn check_client_id(
 }
 
 impl OAuthClient {
+    /// Whether the operator admitted this client (a grant in its status,
+    /// for the client id it has now): the issuer serves no other. Duplicate
+    /// and squatted ids are refused with an empty status, so they never are.
+    pub fn is_admitted(&self) -> bool {
+        self.status.as_ref().is_some_and(|status| {
+            status.grant.is_some() && status.client_id.as_deref() == Some(&self.client_id())
+        }) && !self.is_marked_duplicate()
+    }
+
     /// The effective grant the operator recorded, intersected with the
     /// current spec (a spec that shrank since takes effect at once; one that
     /// grew waits for the operator). `None` until the operator admits it.

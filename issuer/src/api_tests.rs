@@ -536,6 +536,8 @@ async fn expired_secret_verifier_is_refused_and_the_rotated_one_works() {
                 expires_at: Some(time(now - 1)),
             },
         ],
+        client_id: Some(client.client_id()),
+        grant: Some(sigil_crds::grant::as_requested(&client.spec)),
         ..Default::default()
     });
     f.store.upsert_client(&client);
@@ -1631,7 +1633,8 @@ async fn clients_over_the_size_limits_are_not_loaded_and_are_counted() {
             "jwks": {"keys": [extra]},
         }),
     );
-    f.store.upsert_client(&ok);
+    f.store
+        .upsert_client(&standalone::with_verifier(&ok, &secrets));
     assert_eq!(
         f.store
             .client("extra-member.tasks")

@@ -205,6 +205,13 @@ pub fn issue(
     }
     let scopes = narrow_scopes(form.scope.as_deref(), &client.scopes)?;
     let audiences = narrow_audiences(&form.audience, &form.resource, &client.audiences)?;
+    if audiences.is_empty() {
+        // RFC 9068 §2.2: an access token names its audience.
+        return Err(OAuthError::new(
+            ErrorCode::InvalidTarget,
+            "this client is granted no audience: add spec.audiences, and a grant from the audience's OAuthResource",
+        ));
+    }
     let ring = app.store.ring(client.signing_key.as_deref());
     let Some(active) = ring.as_ref().and_then(|r| r.active.clone()) else {
         tracing::error!(

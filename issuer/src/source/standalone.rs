@@ -15,8 +15,8 @@ use sigil_core::keys::{self, KeyError};
 use sigil_core::secret::{RandomError, generate_client_secret};
 use sigil_crds::ring::{self, RingPolicy};
 use sigil_crds::{
-    AuthMethod, KeyState, KeyStatus, OAuthClient, OAuthClientStatus, SecretVerifier,
-    SigningAlgorithm, SigningKey, SigningKeySpec,
+    AuthMethod, KeyState, KeyStatus, OAuthClient, OAuthClientStatus,
+    SecretVerifier, SigningAlgorithm, SigningKey, SigningKeySpec,
 };
 
 use crate::index::{Ring, RingKeySource, Store};
@@ -260,9 +260,13 @@ pub fn with_verifier(client: &OAuthClient, secrets: &BTreeMap<String, String>) -
             }]
         })
         .unwrap_or_default();
+    // The manifests are the standalone issuer's own configuration: what
+    // they request is granted (there are no OAuthResources to ask).
+    let grant = sigil_crds::grant::as_requested(&client.spec);
     client.status = Some(OAuthClientStatus {
         client_id: Some(client.client_id()),
         secret_verifiers: verifiers,
+        grant: Some(grant),
         ..Default::default()
     });
     client
