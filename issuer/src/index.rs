@@ -17,6 +17,7 @@ use sigil_crds::{
     AuthMethod, KeyState, OAuthClient, SigningAlgorithm, SigningKeySpec, SigningKeyStatus,
 };
 
+use crate::audiences::AudienceIndex;
 use crate::logsafe::cap;
 use sigil_core::keys::{ParsedKey, PublicVerifier};
 
@@ -599,6 +600,9 @@ pub struct Store {
     default_signing_key: String,
     synced: AtomicBool,
     client_limits: ClientLimits,
+    /// OAuthResources by object, and what they say about audiences.
+    resources: std::sync::Mutex<BTreeMap<ObjectKey, sigil_crds::OAuthResource>>,
+    audiences: ArcSwap<AudienceIndex>,
 }
 
 impl Store {
@@ -617,6 +621,8 @@ impl Store {
             ring_inputs: std::sync::Mutex::new((HashMap::new(), HashMap::new())),
             default_signing_key: default_signing_key.to_owned(),
             synced: AtomicBool::new(false),
+            resources: std::sync::Mutex::new(BTreeMap::new()),
+            audiences: ArcSwap::from_pointee(AudienceIndex::default()),
         }
     }
 
@@ -694,6 +700,48 @@ impl Store {
             .clients
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = fresh;
+    }
+
+    // ---- audiences (OAuthResources) ----
+
+    /// What the OAuthResources say about audiences now.
+    pub fn audiences(&self) -> Arc<AudienceIndex> {
+        self.audiences.load_full()
+    }
+
+    pub fn upsert_resource(&self, resource: &sigil_crds::OAuthResource) {
+        self.edit_resources(|all| {
+            all.insert(ObjectKey::of(&resource.metadata), resource.clone());
+        });
+    }
+
+    pub fn remove_resource(&self, object: &ObjectKey) {
+        self.edit_resources(|all| {
+            all.remove(object);
+        });
+    }
+
+    /// Replaces every OAuthResource (a watcher's re-list).
+    pub fn replace_resources(&self, resources: &[sigil_crds::OAuthResource]) {
+        self.edit_resources(|all| {
+            *all = resources
+                .iter()
+                .map(|r| (ObjectKey::of(&r.metadata), r.clone()))
+                .collect();
+        });
+    }
+
+    fn edit_resources(
+        &self,
+        edit: impl FnOnce(&mut BTreeMap<ObjectKey, sigil_crds::OAuthResource>),
+    ) {
+        let mut all = self
+            .resources
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        edit(&mut all);
+        self.audiences
+            .store(Arc::new(AudienceIndex::build(all.values())));
     }
 
     // ---- signing keys ----

@@ -15,8 +15,8 @@ use sigil_core::keys::{self, KeyError};
 use sigil_core::secret::{RandomError, generate_client_secret};
 use sigil_crds::ring::{self, RingPolicy};
 use sigil_crds::{
-    AuthMethod, KeyState, KeyStatus, OAuthClient, OAuthClientStatus,
-    SecretVerifier, SigningAlgorithm, SigningKey, SigningKeySpec,
+    AuthMethod, KeyState, KeyStatus, OAuthClient, OAuthClientStatus, SecretVerifier,
+    SigningAlgorithm, SigningKey, SigningKeySpec,
 };
 
 use crate::index::{Ring, RingKeySource, Store};
@@ -64,6 +64,9 @@ pub enum StandaloneError {
 pub struct Manifests {
     pub clients: Vec<OAuthClient>,
     pub signing_keys: Vec<SigningKey>,
+    /// Their token formats and scopes apply; their grants do not: the
+    /// manifests are the standalone issuer's own, trusted configuration.
+    pub resources: Vec<sigil_crds::OAuthResource>,
 }
 
 /// Reads every `*.yaml`/`*.yml` file of `dir` (several documents per file
@@ -152,6 +155,15 @@ pub fn parse_documents(
                 sigil_crds::validate::validate_signing_key(&key)
                     .map_err(|errors| bad(field_errors(&errors)))?;
                 manifests.signing_keys.push(key);
+            }
+            "OAuthResource" => {
+                let mut resource: sigil_crds::OAuthResource =
+                    serde_json::from_value(document).map_err(|e| bad(e.to_string()))?;
+                resource
+                    .metadata
+                    .namespace
+                    .get_or_insert_with(|| "default".into());
+                manifests.resources.push(resource);
             }
             other => {
                 tracing::debug!(path = %path.display(), index, kind = other, "skipping a document that is not a Sigil resource")
