@@ -158,7 +158,6 @@ pub async fn publish_ca(cp: &ControlPlane, namespace: &str) -> anyhow::Result<()
     Ok(())
 }
 
-/// Applies manifest files with the cluster's kubectl.
 /// The running example's manifests (examples/*-service.yaml) for
 /// `namespace`: their OAuthResources grant the namespace `tasks`, so for
 /// another namespace a copy in `dir` grants that one instead.
@@ -187,6 +186,7 @@ pub fn example_manifests(namespace: &str, dir: &std::path::Path) -> anyhow::Resu
         .collect()
 }
 
+/// Applies manifest files with the cluster's kubectl.
 pub fn kubectl_apply(cp: &ControlPlane, namespace: &str, files: &[PathBuf]) -> anyhow::Result<()> {
     let mut args = vec!["apply".to_owned(), "-n".into(), namespace.into()];
     for file in files {
