@@ -5,12 +5,15 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
-use crate::{OAuthClient, OAuthClientStatus, SigningKeyStatus};
+use crate::{OAuthClient, OAuthClientStatus, OAuthResourceStatus, SigningKeyStatus};
 
 /// Condition type every Sigil resource reports.
 pub const CONDITION_READY: &str = "Ready";
 
-/// Why a resource is, or is not, `Ready`.
+/// OAuthClient condition: whether everything it requests is granted.
+pub const CONDITION_GRANTED: &str = "Granted";
+
+/// Why a condition of a Sigil resource has its status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
     /// OAuthClient: its Secret and verifiers are in place.
@@ -28,6 +31,18 @@ pub enum Reason {
     KeysReady,
     /// SigningKey: no key can sign yet.
     NoActiveKey,
+    /// OAuthClient: its client id is outside `*.<namespace>` and its
+    /// namespace does not allow it.
+    ClientIdNotAllowed,
+    /// OAuthClient (`Granted`): everything requested is granted.
+    Granted,
+    /// OAuthClient (`Granted`): part of the request is not granted; the
+    /// message says which and why.
+    GrantDenied,
+    /// OAuthResource (`Claimed`): it holds its audience.
+    AudienceClaimed,
+    /// OAuthResource (`Claimed`): an older OAuthResource holds the audience.
+    AudienceConflict,
 }
 
 impl Reason {
@@ -40,6 +55,11 @@ impl Reason {
             Reason::InvalidSpec => "InvalidSpec",
             Reason::KeysReady => "KeysReady",
             Reason::NoActiveKey => "NoActiveKey",
+            Reason::ClientIdNotAllowed => "ClientIdNotAllowed",
+            Reason::Granted => "Granted",
+            Reason::GrantDenied => "GrantDenied",
+            Reason::AudienceClaimed => "AudienceClaimed",
+            Reason::AudienceConflict => "AudienceConflict",
         }
     }
 }
@@ -68,6 +88,17 @@ pub trait HasConditions {
 }
 
 impl HasConditions for OAuthClientStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+
+    fn set_conditions(&mut self, conditions: Vec<Condition>, generation: Option<i64>) {
+        self.conditions = conditions;
+        self.observed_generation = generation;
+    }
+}
+
+impl HasConditions for OAuthResourceStatus {
     fn conditions(&self) -> &[Condition] {
         &self.conditions
     }

@@ -14,7 +14,9 @@
 
 pub mod backoff;
 pub mod conditions;
+pub mod grant;
 pub mod oauth_client;
+pub mod oauth_resource;
 pub mod ring;
 pub mod shutdown;
 pub mod signing_key;
@@ -27,8 +29,12 @@ pub use validation::RESERVED_CLAIMS;
 use std::time::Duration;
 
 pub use oauth_client::{
-    AuthMethod, ClientJwks, OAuthClient, OAuthClientSpec, OAuthClientStatus, PublicJwk,
-    SecretRotation, SecretVerifier,
+    AuthMethod, ClientJwks, Denial, DeniedKind, EffectiveGrant, OAuthClient, OAuthClientSpec,
+    OAuthClientStatus, PublicJwk, SecretRotation, SecretVerifier,
+};
+pub use oauth_resource::{
+    Grant, OAuthResource, OAuthResourceSpec, OAuthResourceStatus, ScopeClaim, ScopeDefinition,
+    TokenFormat, TokenType,
 };
 pub use signing_key::{
     KeyState, KeyStatus, SigningAlgorithm, SigningKey, SigningKeySpec, SigningKeyStatus,
@@ -73,7 +79,7 @@ pub mod secret_keys {
     pub const CA_CRT: &str = "ca.crt";
 }
 
-pub use conditions::{CONDITION_READY, Reason};
+pub use conditions::{CONDITION_GRANTED, CONDITION_READY, Reason};
 
 /// Parses a Go-style duration string (`90s`, `1h30m`) as the CRD schema
 /// accepts it. Negative durations are refused.
@@ -102,6 +108,13 @@ pub fn crd_manifests() -> anyhow::Result<Vec<(&'static str, String)>> {
         (
             "sigil.dev_oauthclients.yaml",
             format!("{header}{}", serde_saphyr::to_string(&OAuthClient::crd())?),
+        ),
+        (
+            "sigil.dev_oauthresources.yaml",
+            format!(
+                "{header}{}",
+                serde_saphyr::to_string(&OAuthResource::crd())?
+            ),
         ),
         (
             "sigil.dev_signingkeys.yaml",

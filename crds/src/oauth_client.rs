@@ -152,8 +152,10 @@ pub struct OAuthClientSpec {
     pub signing_key: Option<String>,
 
     /// Static claims added to every token of this client. Registered and
-    /// Sigil-owned claims (iss, sub, aud, exp, nbf, iat, jti, client_id,
-    /// scope, scp, cnf) are refused.
+    /// protocol claims (iss, sub, aud, exp, nbf, iat, jti, client_id, scope,
+    /// scp, cnf, azp, act, may_act, acr, amr, auth_time) are refused; names
+    /// other than `stt` go into tokens only when the OAuthResource of one of
+    /// the client's audiences grants them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = additional_claims_schema)]
     pub additional_claims: Option<BTreeMap<String, serde_json::Value>>,
@@ -264,6 +266,47 @@ pub struct OAuthClientStatus {
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// What the OAuthResources of the requested audiences grant this client
+    /// (`crate::grant`): the issuer issues nothing beyond it. Absent until
+    /// the operator has admitted the client; the issuer then issues nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<EffectiveGrant>,
+}
+
+/// The part of a client's request that its audiences' owners grant.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EffectiveGrant {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// `additionalClaims` names that go into tokens.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub claims: Vec<String>,
+    /// What was requested and not granted, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denied: Vec<Denial>,
+}
+
+/// One requested audience, scope or claim that is not granted.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Denial {
+    pub kind: DeniedKind,
+    pub name: String,
+    pub reason: String,
+}
+
+/// What a [`Denial`] is about.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum DeniedKind {
+    Audience,
+    Scope,
+    Claim,
 }
 
 /// One accepted client secret, as its digest.
@@ -358,9 +401,10 @@ fn secret_rotation_rules(schema: &mut Schema) {
 
 fn additional_claims_schema(schema: &mut Schema) {
     // Values are arbitrary JSON, so the object preserves unknown fields. CEL
-    // cannot type a map of untyped values, so the reserved claims are
-    // declared (as int-or-string, the shapes they have in a JWT) and the rule
-    // refuses any of them being present.
+    // cannot type a map of untyped values (nor a member declared untyped),
+    // so the reserved claims are declared (as int-or-string, the shapes most
+    // have in a JWT; an object such as `act` is refused by that type) and the
+    // rule refuses any of them being present.
     let reserved: serde_json::Map<String, serde_json::Value> = validation::RESERVED_CLAIMS
         .iter()
         .map(|c| {

@@ -23,8 +23,10 @@ pub const DNS_SUBDOMAIN_PATTERN: &str =
 /// RFC 1123 label, what Kubernetes requires of most object names.
 pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 
-/// Claims Sigil sets itself or that RFC 7519/9068 registers; a client's
-/// `additionalClaims` may not override them.
+/// Claims Sigil sets itself, that RFC 7519/9068 registers, or that speak
+/// for the protocol (who authorised, delegated or authenticated how: RFC
+/// 8693 `act`/`may_act`, OIDC `azp`/`acr`/`amr`/`auth_time`); a client's
+/// `additionalClaims` may not set them, grant or no grant.
 pub const RESERVED_CLAIMS: &[&str] = &[
     "iss",
     "sub",
@@ -37,6 +39,12 @@ pub const RESERVED_CLAIMS: &[&str] = &[
     "scope",
     "scp",
     "cnf",
+    "azp",
+    "act",
+    "may_act",
+    "acr",
+    "amr",
+    "auth_time",
 ];
 
 /// Appends a CEL rule (`x-kubernetes-validations`) to a schema. The message

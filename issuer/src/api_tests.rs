@@ -39,6 +39,14 @@ fn oauth_client(name: &str, spec: serde_json::Value) -> OAuthClient {
     client
 }
 
+/// The task service as the introspecting client (its own tokens).
+fn as_task() -> crate::http::introspect::Caller<'static> {
+    crate::http::introspect::Caller {
+        client_id: TASK_ID,
+        namespace: "tasks",
+    }
+}
+
 fn secrets(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
     pairs
         .iter()
@@ -536,6 +544,8 @@ async fn expired_secret_verifier_is_refused_and_the_rotated_one_works() {
                 expires_at: Some(time(now - 1)),
             },
         ],
+        client_id: Some(client.client_id()),
+        grant: Some(sigil_crds::grant::as_requested(&client.spec)),
         ..Default::default()
     });
     f.store.upsert_client(&client);
@@ -1417,6 +1427,7 @@ fn introspection_reports_expired_tokens_inactive() {
         &client,
         &["event.view"],
         &["event"],
+        &crate::audiences::TokenShape::unshaped(TokenTyp::AtJwt, client.ttl),
         long_ago,
         "jti",
     );
@@ -1424,12 +1435,19 @@ fn introspection_reports_expired_tokens_inactive() {
     let answer = crate::http::introspect::introspect_token(
         &f.store,
         ISSUER,
+        &as_task(),
         &expired,
         crate::http::token::unix_now(),
     );
     assert_eq!(answer, serde_json::json!({"active": false}));
     // The same token is active at its issue time: only expiry differs.
-    let then = crate::http::introspect::introspect_token(&f.store, ISSUER, &expired, long_ago + 1);
+    let then = crate::http::introspect::introspect_token(
+        &f.store,
+        ISSUER,
+        &as_task(),
+        &expired,
+        long_ago + 1,
+    );
     assert_eq!(then["active"], true);
 }
 
@@ -1454,6 +1472,7 @@ async fn introspection_reports_tokens_of_deleted_or_disabled_clients_inactive() 
     let answer = crate::http::introspect::introspect_token(
         &f.store,
         ISSUER,
+        &as_task(),
         &access_token,
         crate::http::token::unix_now(),
     );
@@ -1466,6 +1485,7 @@ async fn introspection_reports_tokens_of_deleted_or_disabled_clients_inactive() 
     let answer = crate::http::introspect::introspect_token(
         &f.store,
         ISSUER,
+        &as_task(),
         &access_token,
         crate::http::token::unix_now(),
     );
@@ -1507,6 +1527,7 @@ fn introspection_refuses_a_tampered_token() {
         &client,
         &["event.view"],
         &["event"],
+        &crate::audiences::TokenShape::unshaped(TokenTyp::AtJwt, client.ttl),
         now,
         "jti",
     );
@@ -1515,7 +1536,7 @@ fn introspection_refuses_a_tampered_token() {
     parts[1] = URL_SAFE_NO_PAD.encode(claims.replace("event.view", "event.delete"));
     let tampered = parts.join(".");
     assert_eq!(
-        crate::http::introspect::introspect_token(&f.store, ISSUER, &tampered, now)["active"],
+        crate::http::introspect::introspect_token(&f.store, ISSUER, &as_task(), &tampered, now)["active"],
         false
     );
 }
@@ -1631,7 +1652,8 @@ async fn clients_over_the_size_limits_are_not_loaded_and_are_counted() {
             "jwks": {"keys": [extra]},
         }),
     );
-    f.store.upsert_client(&ok);
+    f.store
+        .upsert_client(&standalone::with_verifier(&ok, &secrets));
     assert_eq!(
         f.store
             .client("extra-member.tasks")
@@ -1889,4 +1911,152 @@ async fn capture_logs_of_every_path() {
 #[allow(dead_code)]
 fn _assert_entry_is_send_sync(entry: ClientEntry) -> impl Send + Sync {
     entry
+}
+
+fn oauth_resource(ns: &str, audience: &str, token: serde_json::Value) -> sigil_crds::OAuthResource {
+    let mut r = sigil_crds::OAuthResource::new(
+        &format!("{audience}-api"),
+        serde_json::from_value(serde_json::json!({
+            "audience": audience,
+            "scopes": [{"name": format!("{audience}.view")}, {"name": format!("{audience}.create")}],
+            "token": token,
+        }))
+        .expect("resource spec"),
+    );
+    r.metadata.namespace = Some(ns.into());
+    r
+}
+
+/// Introspects `token` as `id` (its secret in `secret`).
+async fn introspect_as(f: &Fixture, id: &str, secret: &str, token: &str) -> Reply {
+    send(
+        crate::http::api_router(f.app.clone()),
+        form_request(
+            "/oauth2/introspect",
+            &format!("token={token}"),
+            Some(&basic(id, secret)),
+            [10, 0, 0, 3],
+        ),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn only_the_tokens_client_and_its_audiences_owner_may_introspect_it() {
+    let f = fixture();
+    let mut calendar = oauth_client(
+        "calendar-api",
+        serde_json::json!({"scopes": ["a"], "audiences": ["x"]}),
+    );
+    calendar.metadata.namespace = Some("calendar".into());
+    let calendar = standalone::with_verifier(
+        &calendar,
+        &secrets(&[("calendar-api.calendar", "cal-secret")]),
+    );
+    f.store.upsert_client(&calendar);
+    let minted = task_token(&f, "&audience=event").await;
+    let token = minted.body["access_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+
+    // Its own client may; another client learns nothing, not even that it
+    // is a token.
+    assert_eq!(introspect(&f, &token).await.body["active"], true);
+    let stranger = introspect_as(&f, "calendar-api.calendar", "cal-secret", &token).await;
+    assert_eq!(stranger.status, StatusCode::OK);
+    assert_eq!(stranger.body, serde_json::json!({"active": false}));
+
+    // Once the calendar namespace holds `event`, its clients may.
+    f.store
+        .replace_resources(&[oauth_resource("calendar", "event", serde_json::json!({}))]);
+    let owner = introspect_as(&f, "calendar-api.calendar", "cal-secret", &token).await;
+    assert_eq!(owner.body["active"], true);
+    assert_eq!(owner.body["client_id"], TASK_ID);
+    // A resource of another namespace does not make it an owner.
+    f.store
+        .replace_resources(&[oauth_resource("elsewhere", "event", serde_json::json!({}))]);
+    let not_owner = introspect_as(&f, "calendar-api.calendar", "cal-secret", &token).await;
+    assert_eq!(not_owner.body["active"], false);
+}
+
+#[tokio::test]
+async fn each_audiences_resource_sets_its_tokens_typ_lifetime_and_scope_claims() {
+    let f = fixture();
+    f.store.replace_resources(&[
+        oauth_resource(
+            "calendar",
+            "event",
+            serde_json::json!({"type": "JWT", "maxLifetime": "5m"}),
+        ),
+        oauth_resource("files", "file", serde_json::json!({"scopeClaims": ["scp"]})),
+    ]);
+    let event = task_token(&f, "&audience=event&scope=event.view").await;
+    assert_eq!(event.status, StatusCode::OK, "{}", event.body);
+    assert_eq!(event.body["expires_in"], 300);
+    let (header, claims) = jwt_parts(event.body["access_token"].as_str().expect("token"));
+    assert_eq!(header["typ"], "JWT");
+    assert_eq!(
+        claims["exp"].as_i64().expect("exp") - claims["iat"].as_i64().expect("iat"),
+        300
+    );
+    assert_eq!(claims["scope"], "event.view");
+
+    let file = task_token(&f, "&audience=file&scope=file.view").await;
+    assert_eq!(file.body["expires_in"], 3600);
+    let (header, claims) = jwt_parts(file.body["access_token"].as_str().expect("token"));
+    assert_eq!(header["typ"], "at+jwt");
+    assert_eq!(claims["scp"], serde_json::json!(["file.view"]));
+    assert!(claims.get("scope").is_none(), "{claims}");
+    // The response still names the scopes (RFC 6749 §5.1).
+    assert_eq!(file.body["scope"], "file.view");
+
+    // One token cannot be both JWT and at+jwt.
+    let both = task_token(&f, "").await;
+    assert_oauth_error(&both, StatusCode::BAD_REQUEST, "invalid_target");
+    assert!(
+        both.body["error_description"]
+            .as_str()
+            .is_some_and(|d| d.contains("different token types")),
+        "{}",
+        both.body
+    );
+}
+
+#[tokio::test]
+async fn discovery_lists_the_scopes_the_resources_declare() {
+    let f = fixture();
+    let get = || async {
+        send(
+            crate::http::api_router(f.app.clone()),
+            Request::get("/.well-known/openid-configuration")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+    };
+    assert!(get().await.body.get("scopes_supported").is_none());
+    f.store
+        .replace_resources(&[oauth_resource("calendar", "event", serde_json::json!({}))]);
+    assert_eq!(
+        get().await.body["scopes_supported"],
+        serde_json::json!(["event.create", "event.view"])
+    );
+}
+
+#[tokio::test]
+async fn a_client_granted_no_audience_gets_no_token() {
+    let f = fixture();
+    let none = oauth_client("no-audience", serde_json::json!({"scopes": ["a"]}));
+    f.store.upsert_client(&standalone::with_verifier(
+        &none,
+        &secrets(&[("no-audience.tasks", "none-secret")]),
+    ));
+    let reply = token(
+        &f,
+        "grant_type=client_credentials",
+        Some(&basic("no-audience.tasks", "none-secret")),
+    )
+    .await;
+    assert_oauth_error(&reply, StatusCode::BAD_REQUEST, "invalid_target");
 }

@@ -344,6 +344,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), RunError> {
         let manifests = standalone::load_manifests(manifests_dir)?;
         let secrets = standalone::load_or_create_secrets(secrets_file, &manifests.clients)?;
         standalone::load_clients(&store, &manifests.clients, &secrets);
+        store.replace_resources(&manifests.resources);
         let rings = standalone::start_rings(
             &store,
             &manifests.signing_keys,

@@ -17,6 +17,7 @@ use sigil_crds::{
     AuthMethod, KeyState, OAuthClient, SigningAlgorithm, SigningKeySpec, SigningKeyStatus,
 };
 
+use crate::audiences::AudienceIndex;
 use crate::logsafe::cap;
 use sigil_core::keys::{ParsedKey, PublicVerifier};
 
@@ -256,11 +257,21 @@ impl ClientEntry {
                 }
             }
         }
+        // What the operator granted (`sigil_crds::grant`), narrowed to the
+        // current spec; callers load only admitted clients.
+        let grant = client.recorded_grant().unwrap_or_default();
         let additional_claims_json = client
             .spec
             .additional_claims
             .as_ref()
-            .map(|claims| additional_claims_fragment(&object, claims))
+            .map(|claims| {
+                let granted: BTreeMap<String, serde_json::Value> = claims
+                    .iter()
+                    .filter(|(name, _)| grant.claims.contains(name))
+                    .map(|(name, value)| (name.clone(), value.clone()))
+                    .collect();
+                additional_claims_fragment(&object, &granted)
+            })
             .unwrap_or_default();
         ClientEntry {
             client_id: client.client_id(),
@@ -272,8 +283,8 @@ impl ClientEntry {
                 .unwrap_or(0),
             object,
             verifiers,
-            scopes: client.spec.scopes.clone(),
-            audiences: client.spec.audiences.clone(),
+            scopes: grant.scopes,
+            audiences: grant.audiences,
             ttl: client.spec.token_ttl(),
             auth_methods: AuthMethods::from_list(&client.spec.auth_methods()),
             jwks,
@@ -589,6 +600,9 @@ pub struct Store {
     default_signing_key: String,
     synced: AtomicBool,
     client_limits: ClientLimits,
+    /// OAuthResources by object, and what they say about audiences.
+    resources: std::sync::Mutex<BTreeMap<ObjectKey, sigil_crds::OAuthResource>>,
+    audiences: ArcSwap<AudienceIndex>,
 }
 
 impl Store {
@@ -607,6 +621,8 @@ impl Store {
             ring_inputs: std::sync::Mutex::new((HashMap::new(), HashMap::new())),
             default_signing_key: default_signing_key.to_owned(),
             synced: AtomicBool::new(false),
+            resources: std::sync::Mutex::new(BTreeMap::new()),
+            audiences: ArcSwap::from_pointee(AudienceIndex::default()),
         }
     }
 
@@ -651,7 +667,7 @@ impl Store {
             .clients
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if client.is_marked_duplicate() {
+        if !client.is_admitted() {
             index.remove_object(&object);
             return;
         }
@@ -677,15 +693,55 @@ impl Store {
     /// Replaces every client (a watcher's re-list).
     pub fn replace_clients(&self, clients: &[OAuthClient]) {
         let mut fresh = ClientIndex::default();
-        for client in clients {
-            if !client.is_marked_duplicate() {
-                fresh.load(client, &self.client_limits);
-            }
+        for client in clients.iter().filter(|c| c.is_admitted()) {
+            fresh.load(client, &self.client_limits);
         }
         *self
             .clients
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = fresh;
+    }
+
+    // ---- audiences (OAuthResources) ----
+
+    /// What the OAuthResources say about audiences now.
+    pub fn audiences(&self) -> Arc<AudienceIndex> {
+        self.audiences.load_full()
+    }
+
+    pub fn upsert_resource(&self, resource: &sigil_crds::OAuthResource) {
+        self.edit_resources(|all| {
+            all.insert(ObjectKey::of(&resource.metadata), resource.clone());
+        });
+    }
+
+    pub fn remove_resource(&self, object: &ObjectKey) {
+        self.edit_resources(|all| {
+            all.remove(object);
+        });
+    }
+
+    /// Replaces every OAuthResource (a watcher's re-list).
+    pub fn replace_resources(&self, resources: &[sigil_crds::OAuthResource]) {
+        self.edit_resources(|all| {
+            *all = resources
+                .iter()
+                .map(|r| (ObjectKey::of(&r.metadata), r.clone()))
+                .collect();
+        });
+    }
+
+    fn edit_resources(
+        &self,
+        edit: impl FnOnce(&mut BTreeMap<ObjectKey, sigil_crds::OAuthResource>),
+    ) {
+        let mut all = self
+            .resources
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        edit(&mut all);
+        self.audiences
+            .store(Arc::new(AudienceIndex::build(all.values())));
     }
 
     // ---- signing keys ----
@@ -895,13 +951,64 @@ mod tests {
     use super::test_support::ring_with_keys;
     use super::*;
 
+    /// A client the operator admitted with everything it requests.
     fn oauth_client(name: &str, spec: serde_json::Value, created: &str) -> OAuthClient {
         let mut client = OAuthClient::new(name, serde_json::from_value(spec).unwrap());
         client.metadata.namespace = Some("ns".into());
         client.metadata.creation_timestamp = Some(
             k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(created.parse().unwrap()),
         );
+        client.status = Some(sigil_crds::OAuthClientStatus {
+            client_id: Some(client.client_id()),
+            grant: Some(sigil_crds::grant::as_requested(&client.spec)),
+            ..Default::default()
+        });
         client
+    }
+
+    #[test]
+    fn only_admitted_clients_are_served_and_only_with_their_grant() {
+        let store = Store::new("default");
+        let mut client = oauth_client(
+            "a",
+            serde_json::json!({
+                "audiences": ["event", "file"], "scopes": ["event.read", "event.create"],
+                "additionalClaims": {"stt": 1, "roles": ["admin"]},
+            }),
+            "2026-01-01T00:00:00Z",
+        );
+        let admitted = client.status.clone();
+        // No grant in status yet (or a refused client): not served.
+        client.status = None;
+        store.upsert_client(&client);
+        assert!(store.client("a.ns").is_none());
+        // A grant recorded for another client id: not served either.
+        client.status = admitted.clone().map(|mut s| {
+            s.client_id = Some("old.ns".into());
+            s
+        });
+        store.upsert_client(&client);
+        assert!(store.client("a.ns").is_none());
+        // Served with requested ∩ granted.
+        client.status = admitted.map(|mut s| {
+            s.grant = Some(sigil_crds::EffectiveGrant {
+                audiences: vec!["event".into()],
+                scopes: vec!["event.read".into()],
+                claims: vec!["stt".into()],
+                denied: Vec::new(),
+            });
+            s
+        });
+        store.upsert_client(&client);
+        let entry = store.client("a.ns").expect("served");
+        assert_eq!(entry.audiences, ["event"]);
+        assert_eq!(entry.scopes, ["event.read"]);
+        assert_eq!(entry.additional_claims_json, r#""stt":1"#);
+        // Revoked: the operator writes an empty grant.
+        client.status.as_mut().expect("status").grant = Some(Default::default());
+        store.upsert_client(&client);
+        let entry = store.client("a.ns").expect("still known");
+        assert!(entry.audiences.is_empty() && entry.scopes.is_empty());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! (cluster or standalone); [`inject`] is the pod webhook; [`state`] holds
 //! what handlers share; [`cli`] wires it all.
 
+pub mod audiences;
 pub mod cli;
 pub mod http;
 pub mod index;

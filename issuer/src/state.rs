@@ -72,7 +72,9 @@ pub struct App {
     pub unlogged_failures: AtomicU64,
     pub replay: ReplayCache,
     pub metrics: Arc<Metrics>,
+    /// The discovery document while no OAuthResource declares scopes.
     pub metadata: Bytes,
+    pub issuer_url: IssuerUrl,
     /// Set on the stop signal: /readyz fails from then on.
     draining: std::sync::atomic::AtomicBool,
 }
@@ -98,7 +100,8 @@ impl App {
         warm_up_dummy_keys();
         Ok(App {
             store,
-            metadata: discovery::metadata_json(url),
+            metadata: discovery::metadata_json(url, &[]),
+            issuer_url: url.clone(),
             issuer: url.to_string(),
             base_path: url.path().to_owned(),
             token_typ: settings.token_typ,

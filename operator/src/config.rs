@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use sigil_core::IssuerUrl;
+use sigil_crds::grant::UnclaimedAudiences;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -46,6 +47,12 @@ pub struct Args {
     /// over at most this long (plus a second or two) after the leader died.
     #[arg(long, env = "SIGIL_LEASE_DURATION", default_value_t = 10, value_parser = clap::value_parser!(u64).range(3..=300))]
     pub lease_duration: u64,
+
+    /// Audiences no OAuthResource claims: `open` grants them (and scopes
+    /// nobody defines) to any client; `closed`, recommended in production,
+    /// grants them to nobody.
+    #[arg(long, env = "SIGIL_UNCLAIMED_AUDIENCES", default_value_t = UnclaimedAudiences::Open)]
+    pub unclaimed_audiences: UnclaimedAudiences,
 
     /// Reconciles running at once, per resource kind.
     #[arg(long, env = "SIGIL_CONCURRENCY", default_value_t = 32)]

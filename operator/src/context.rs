@@ -11,6 +11,7 @@ use sigil_core::IssuerUrl;
 use sigil_crds::{OAuthClient, SigningKey};
 
 use crate::client_index::ClientIndex;
+use crate::grants::GrantSources;
 use crate::issuer_ca::IssuerCa;
 use crate::metrics::Metrics;
 
@@ -30,6 +31,8 @@ pub struct Context {
     pub signing_keys: Store<SigningKey>,
     /// Which clients claim which clientId (maintained from the watch).
     pub client_index: Arc<Mutex<ClientIndex>>,
+    /// OAuthResources, Namespaces and the policy the grants come from.
+    pub grants: GrantSources,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -84,6 +87,9 @@ const BACKOFF_BASE: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 impl Context {
+    // Each argument is a distinct dependency the reconcilers share; a
+    // builder would only hide which ones a test forgot.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: Client,
         recorder: Recorder,
@@ -92,6 +98,7 @@ impl Context {
         metrics: Arc<Metrics>,
         oauth_clients: Store<OAuthClient>,
         signing_keys: Store<SigningKey>,
+        grants: GrantSources,
     ) -> Self {
         Context {
             client,
@@ -103,6 +110,7 @@ impl Context {
             oauth_clients,
             signing_keys,
             client_index: Arc::new(Mutex::new(ClientIndex::default())),
+            grants,
             failures: Mutex::new(HashMap::new()),
         }
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use futures::channel::mpsc;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::Client;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
@@ -14,14 +14,15 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{PredicateConfig, WatchStreamExt, predicates};
-use sigil_crds::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, OAuthClient, SigningKey};
+use sigil_crds::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, OAuthClient, OAuthResource, SigningKey};
 
 use crate::config::Args;
 use crate::context::Context;
+use crate::grants::{GrantSources, ResourceFanout, clients_in, namespace_grant_inputs};
 use crate::health::Health;
 use crate::issuer_ca;
 use crate::metrics::Metrics;
-use crate::reconcile::{self, oauth_client, signing_key};
+use crate::reconcile::{self, oauth_client, oauth_resource, signing_key};
 use crate::watch::{Scope, tolerant_reflector, with_watch_backoff};
 
 /// Runs both controllers until `shutdown` resolves; they finish the
@@ -38,6 +39,8 @@ pub async fn run(
 
     let (client_store, client_writer) = reflector::store::<OAuthClient>();
     let (key_store, key_writer) = reflector::store::<SigningKey>();
+    let (resource_store, resource_writer) = reflector::store::<OAuthResource>();
+    let (namespace_store, namespace_writer) = reflector::store::<PartialObjectMeta<Namespace>>();
     metrics.set_stores(client_store.clone(), key_store.clone());
 
     let reporter = Reporter {
@@ -60,6 +63,11 @@ pub async fn run(
         metrics.clone(),
         client_store.clone(),
         key_store.clone(),
+        GrantSources {
+            resources: resource_store.clone(),
+            namespaces: namespace_store,
+            unclaimed: args.unclaimed_audiences,
+        },
     ));
 
     // A change to one OAuthClient can settle another's clientId conflict:
@@ -124,6 +132,60 @@ pub async fn run(
     ))
     .touched_objects();
 
+    // OAuthResources: every change re-checks who holds each audience, and
+    // re-grants the clients that request its audience or scopes (before or
+    // after the change). A relist may have missed deletions: it re-grants
+    // everyone.
+    let (grant_tx, grant_rx) = mpsc::unbounded::<ObjectRef<OAuthClient>>();
+    let (claims_tx, claims_rx) = mpsc::unbounded::<()>();
+    let (regrant_all_tx, regrant_all_rx) = mpsc::unbounded::<()>();
+    let fanout = ResourceFanout::default();
+    let clients_for_fanout = client_store.clone();
+    let resource_events = tolerant_reflector(
+        client.clone(),
+        Scope::All,
+        resource_writer,
+        "OAuthResource",
+        metrics.clone(),
+        health.clone(),
+    )
+    .inspect(move |event| match event {
+        Ok(Event::Apply(r) | Event::Delete(r)) => {
+            for c in fanout.clients(r, &clients_for_fanout) {
+                let _ = grant_tx.unbounded_send(c);
+            }
+            let _ = claims_tx.unbounded_send(());
+        }
+        Ok(Event::InitDone) => {
+            let _ = regrant_all_tx.unbounded_send(());
+            let _ = claims_tx.unbounded_send(());
+        }
+        _ => {}
+    })
+    .applied_objects()
+    .predicate_filter(predicates::generation, PredicateConfig::default());
+
+    // Namespaces, by metadata: their labels select grants and their
+    // annotation allows client ids.
+    let namespace_events = reflector::reflector(
+        namespace_writer,
+        with_watch_backoff(watcher::watcher(
+            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+            watcher::Config::default(),
+        )),
+    )
+    .applied_objects()
+    .predicate_filter(
+        |ns: &PartialObjectMeta<Namespace>| {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            namespace_grant_inputs(ns).hash(&mut hasher);
+            Some(hasher.finish())
+        },
+        PredicateConfig::default(),
+    );
+    let clients_for_namespaces = client_store.clone();
+
     let key_events = tolerant_reflector(
         client.clone(),
         key_scope,
@@ -149,6 +211,11 @@ pub async fn run(
         .owns_stream(client_secrets)
         .reconcile_on(peer_rx)
         .reconcile_all_on(ca_changes)
+        .reconcile_on(grant_rx)
+        .reconcile_all_on(regrant_all_rx)
+        .watches_stream(namespace_events, move |ns| {
+            clients_in(&ns, &clients_for_namespaces)
+        })
         .with_config(config.clone())
         .graceful_shutdown_on(shutdown.clone())
         .run(
@@ -164,8 +231,8 @@ pub async fn run(
     let key_controller = Controller::for_stream(key_events, key_store.clone())
         .trigger_backoff(NoTriggerBackoff)
         .owns_stream(key_secrets)
-        .with_config(config)
-        .graceful_shutdown_on(shutdown)
+        .with_config(config.clone())
+        .graceful_shutdown_on(shutdown.clone())
         .run(signing_key::reconcile, reconcile::error_policy, ctx.clone())
         .for_each(|result| async move {
             if let Err(error) = result {
@@ -173,8 +240,24 @@ pub async fn run(
             }
         });
 
+    let resource_controller = Controller::for_stream(resource_events, resource_store)
+        .trigger_backoff(NoTriggerBackoff)
+        .reconcile_all_on(claims_rx)
+        .with_config(config)
+        .graceful_shutdown_on(shutdown)
+        .run(
+            oauth_resource::reconcile,
+            reconcile::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "OAuthResource controller event");
+            }
+        });
+
     tracing::info!(namespace = %args.namespace, "controllers running");
-    futures::join!(client_controller, key_controller);
+    futures::join!(client_controller, key_controller, resource_controller);
     health.reset_listed();
     tracing::info!("controllers stopped");
 }

@@ -218,12 +218,34 @@ fn test_context_with(tls: Option<Secret>) -> (Arc<Context>, ApiServerVerifier) {
         Arc::new(Metrics::new()),
         oauth_clients,
         signing_keys,
+        grant_sources(),
     );
     let verifier = ApiServerVerifier {
         handle,
         seen: Vec::new(),
     };
     (Arc::new(ctx), verifier)
+}
+
+/// Listed stores with the clients' namespace and no OAuthResources: every
+/// audience is unclaimed, and open.
+fn grant_sources() -> crate::grants::GrantSources {
+    use kube::runtime::watcher::Event;
+    let (resources, mut resource_writer) = reflector::store();
+    resource_writer.apply_watcher_event(&Event::Init);
+    resource_writer.apply_watcher_event(&Event::InitDone);
+    let (namespaces, mut namespace_writer) = reflector::store();
+    let mut namespace =
+        kube::core::PartialObjectMeta::<k8s_openapi::api::core::v1::Namespace>::default();
+    namespace.metadata.name = Some(NAMESPACE.to_owned());
+    namespace_writer.apply_watcher_event(&Event::Init);
+    namespace_writer.apply_watcher_event(&Event::InitApply(namespace));
+    namespace_writer.apply_watcher_event(&Event::InitDone);
+    crate::grants::GrantSources {
+        resources,
+        namespaces,
+        unclaimed: sigil_crds::grant::UnclaimedAudiences::Open,
+    }
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
@@ -402,14 +424,29 @@ fn status_made_ago(oac: &OAuthClient, secret: &str, age: SignedDuration) -> OAut
         }],
         secret_rotated_at: Some(made.clone()),
         observed_generation: Some(1),
-        conditions: vec![Condition {
-            type_: "Ready".to_owned(),
-            status: "True".to_owned(),
-            reason: "CredentialsReady".to_owned(),
-            message: "client secret in Secret svc-oauth".to_owned(),
-            observed_generation: Some(1),
-            last_transition_time: made,
-        }],
+        conditions: vec![
+            Condition {
+                type_: "Ready".to_owned(),
+                status: "True".to_owned(),
+                reason: "CredentialsReady".to_owned(),
+                message: "client secret in Secret svc-oauth".to_owned(),
+                observed_generation: Some(1),
+                last_transition_time: made.clone(),
+            },
+            Condition {
+                type_: "Granted".to_owned(),
+                status: "True".to_owned(),
+                reason: "Granted".to_owned(),
+                message: "every requested audience, scope and claim is granted".to_owned(),
+                observed_generation: Some(1),
+                last_transition_time: made,
+            },
+        ],
+        grant: Some(sigil_crds::EffectiveGrant {
+            audiences: oac.spec.audiences.clone(),
+            scopes: oac.spec.scopes.clone(),
+            ..Default::default()
+        }),
     }
 }
 

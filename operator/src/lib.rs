@@ -14,6 +14,7 @@ pub mod context;
 pub mod controller;
 #[cfg(test)]
 mod fixtures;
+pub mod grants;
 pub mod health;
 pub mod issuer_ca;
 pub mod leader;

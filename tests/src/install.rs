@@ -158,6 +158,34 @@ pub async fn publish_ca(cp: &ControlPlane, namespace: &str) -> anyhow::Result<()
     Ok(())
 }
 
+/// The running example's manifests (examples/*-service.yaml) for
+/// `namespace`: their OAuthResources grant the namespace `tasks`, so for
+/// another namespace a copy in `dir` grants that one instead.
+pub fn example_manifests(namespace: &str, dir: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
+    let examples = crate::cluster::workspace_root().join("examples");
+    let files = [
+        "calendar-service.yaml",
+        "file-service.yaml",
+        "task-service.yaml",
+    ];
+    if namespace == "tasks" {
+        return Ok(files.iter().map(|f| examples.join(f)).collect());
+    }
+    std::fs::create_dir_all(dir)?;
+    files
+        .iter()
+        .map(|file| {
+            let text = std::fs::read_to_string(examples.join(file))?;
+            let path = dir.join(file);
+            std::fs::write(
+                &path,
+                text.replace("namespaces: [tasks]", &format!("namespaces: [{namespace}]")),
+            )?;
+            Ok(path)
+        })
+        .collect()
+}
+
 /// Applies manifest files with the cluster's kubectl.
 pub fn kubectl_apply(cp: &ControlPlane, namespace: &str, files: &[PathBuf]) -> anyhow::Result<()> {
     let mut args = vec!["apply".to_owned(), "-n".into(), namespace.into()];

@@ -11,7 +11,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::{Value, json};
-use sigil_tests::cluster::{ControlPlane, Options, workspace_root};
+use sigil_tests::cluster::{ControlPlane, Options};
 use sigil_tests::{eventually, install};
 use tokio::sync::OnceCell;
 
@@ -277,16 +277,9 @@ async fn the_task_service_calls_the_calendar_service_with_its_sidecars_token() {
     install::publish_ca(&sigil.cp, &ns)
         .await
         .expect("CA ConfigMap");
-    let examples = workspace_root().join("examples");
-    install::kubectl_apply(
-        &sigil.cp,
-        &ns,
-        &[
-            examples.join("calendar-service.yaml"),
-            examples.join("task-service.yaml"),
-        ],
-    )
-    .expect("applying the example");
+    let manifests = install::example_manifests(&ns, &sigil.cp.dir().join("example"))
+        .expect("the example's manifests");
+    install::kubectl_apply(&sigil.cp, &ns, &manifests).expect("applying the example");
     let log = install::wait_for_log(
         &sigil.cp,
         &ns,
@@ -298,6 +291,13 @@ async fn the_task_service_calls_the_calendar_service_with_its_sidecars_token() {
     .await
     .expect("the Task Service got a 200");
     assert!(!log.contains(" 401 ") && !log.contains(" 403 "), "{log}");
+    // The Calendar and File services granted everything it asks for.
+    let clients: Api<sigil_crds::OAuthClient> = Api::namespaced(sigil.client().await, &ns);
+    let task = clients.get("task-service").await.expect("the OAuthClient");
+    let grant = task.status.and_then(|s| s.grant).expect("a recorded grant");
+    assert_eq!(grant.audiences, ["event", "file"]);
+    assert_eq!(grant.scopes, ["event.view", "event.create", "file.view"]);
+    assert!(grant.denied.is_empty(), "{grant:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

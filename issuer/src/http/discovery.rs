@@ -30,9 +30,9 @@ pub const SIGNING_ALGORITHMS: [&str; 7] = [
 
 /// The metadata document (one for both well-known paths: RFC 8414 §3 and
 /// OIDC Discovery §4 share their members here).
-pub fn metadata_json(issuer: &IssuerUrl) -> Bytes {
+pub fn metadata_json(issuer: &IssuerUrl, scopes_supported: &[String]) -> Bytes {
     let assertion_algorithms = assertion_algorithms();
-    let document = serde_json::json!({
+    let mut document = serde_json::json!({
         "issuer": issuer.as_str(),
         "token_endpoint": issuer.token_endpoint(),
         "jwks_uri": issuer.jwks_uri(),
@@ -54,19 +54,34 @@ pub fn metadata_json(issuer: &IssuerUrl) -> Bytes {
         "id_token_signing_alg_values_supported": SIGNING_ALGORITHMS,
         "access_token_signing_alg_values_supported": SIGNING_ALGORITHMS,
     });
+    // RFC 8414 §2: RECOMMENDED; the scopes the OAuthResources declare.
+    if !scopes_supported.is_empty() {
+        document["scopes_supported"] = scopes_supported.into();
+    }
     Bytes::from(document.to_string())
 }
 
 pub async fn metadata_endpoint(State(app): State<Arc<App>>) -> Response {
-    let mut response = Response::new(Body::from(app.metadata.clone()));
+    // Serialized once per change of the OAuthResources.
+    let audiences = app.store.audiences();
+    let body = if audiences.scopes_supported.is_empty() {
+        app.metadata.clone()
+    } else {
+        audiences
+            .metadata
+            .get_or_init(|| metadata_json(&app.issuer_url, &audiences.scopes_supported))
+            .clone()
+    };
+    let mut response = Response::new(Body::from(body));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    // Short: scopes_supported follows the OAuthResources.
     headers.insert(
         header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=3600"),
+        HeaderValue::from_static("public, max-age=60"),
     );
     response
 }

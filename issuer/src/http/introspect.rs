@@ -1,6 +1,10 @@
 //! `POST /oauth2/introspect` (RFC 7662), authenticated like the token
 //! endpoint. A token is active only if a currently published key signed
-//! it, it is unexpired, and its client still exists and is not disabled.
+//! it, it is unexpired, and its client still exists and is not disabled;
+//! and it is shown only to the client it was issued to or to a client of
+//! the namespace whose OAuthResource holds one of its audiences (RFC 7662
+//! §4: the server decides who may learn about a token). Anyone else gets
+//! `active: false`, as for a token that does not exist.
 
 use std::sync::Arc;
 
@@ -31,15 +35,52 @@ struct Claims {
     exp: Option<i64>,
     nbf: Option<i64>,
     client_id: Option<String>,
+    #[serde(default)]
+    aud: Option<Audiences>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Audiences {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audiences {
+    fn list(&self) -> Vec<&str> {
+        match self {
+            Audiences::One(a) => vec![a.as_str()],
+            Audiences::Many(list) => list.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+/// Who asks: the introspecting client.
+pub struct Caller<'a> {
+    pub client_id: &'a str,
+    pub namespace: &'a str,
 }
 
 /// The RFC 7662 §2.2 answer for `token`: `{"active": false}` unless every
 /// check passes, then the token's claims plus `active` and `token_type`.
-pub fn introspect_token(store: &Store, issuer: &str, token: &str, now: i64) -> serde_json::Value {
-    inspect(store, issuer, token, now).unwrap_or_else(|| serde_json::json!({ "active": false }))
+pub fn introspect_token(
+    store: &Store,
+    issuer: &str,
+    caller: &Caller<'_>,
+    token: &str,
+    now: i64,
+) -> serde_json::Value {
+    inspect(store, issuer, caller, token, now)
+        .unwrap_or_else(|| serde_json::json!({ "active": false }))
 }
 
-fn inspect(store: &Store, issuer: &str, token: &str, now: i64) -> Option<serde_json::Value> {
+fn inspect(
+    store: &Store,
+    issuer: &str,
+    caller: &Caller<'_>,
+    token: &str,
+    now: i64,
+) -> Option<serde_json::Value> {
     let mut parts = token.split('.');
     let (header_b64, claims_b64, signature_b64) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {
@@ -70,6 +111,12 @@ fn inspect(store: &Store, issuer: &str, token: &str, now: i64) -> Option<serde_j
     if client.disabled {
         return None;
     }
+    let audiences = claims.aud.as_ref().map(Audiences::list).unwrap_or_default();
+    if caller.client_id != client.client_id
+        && !store.audiences().owns_any(caller.namespace, &audiences)
+    {
+        return None;
+    }
     let serde_json::Value::Object(mut members) = serde_json::from_slice(&claims_json).ok()? else {
         return None;
     };
@@ -95,7 +142,17 @@ pub async fn introspect_endpoint(State(app): State<Arc<App>>, request: Request) 
             .token
             .as_deref()
             .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
-        Ok::<_, OAuthError>(introspect_token(&app.store, &app.issuer, token, now))
+        let caller = Caller {
+            client_id: &caller.client_id,
+            namespace: &caller.object.namespace,
+        };
+        Ok::<_, OAuthError>(introspect_token(
+            &app.store,
+            &app.issuer,
+            &caller,
+            token,
+            now,
+        ))
     }
     .await;
     match result {

@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use super::client_auth::authenticate_request;
 use super::form::{TokenForm, read_form_request};
+use crate::audiences::TokenShape;
 use crate::http::error::{ErrorCode, OAuthError, no_store_json};
 use crate::index::{ActiveKey, ClientEntry, TokenTyp};
 use crate::logsafe::cap;
@@ -105,8 +106,10 @@ struct AccessTokenClaims<'a> {
     iat: i64,
     nbf: i64,
     jti: &'a str,
-    scope: &'a str,
-    scp: &'a [&'a str],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scp: Option<&'a [&'a str]>,
 }
 
 /// RFC 9068 §2.2 claims as JSON: `aud` is a string for one audience and an
@@ -116,6 +119,7 @@ pub fn access_token_claims(
     client: &ClientEntry,
     scopes: &[&str],
     audiences: &[&str],
+    shape: &TokenShape,
     now: i64,
     jti: &str,
 ) -> String {
@@ -129,12 +133,12 @@ pub fn access_token_claims(
             [one] => Some(Audience::One(one)),
             many => Some(Audience::Many(many)),
         },
-        exp: now + client.ttl.as_secs() as i64,
+        exp: now + shape.lifetime.as_secs() as i64,
         iat: now,
         nbf: now,
         jti,
-        scope: &scope,
-        scp: scopes,
+        scope: shape.scope_claim.then_some(scope.as_str()),
+        scp: shape.scp_claim.then_some(scopes),
     };
     // Serializing borrowed strings and integers cannot fail.
     let mut json = serde_json::to_string(&claims).unwrap_or_else(|_| "{}".into());
@@ -205,6 +209,13 @@ pub fn issue(
     }
     let scopes = narrow_scopes(form.scope.as_deref(), &client.scopes)?;
     let audiences = narrow_audiences(&form.audience, &form.resource, &client.audiences)?;
+    if audiences.is_empty() {
+        // RFC 9068 §2.2: an access token names its audience.
+        return Err(OAuthError::new(
+            ErrorCode::InvalidTarget,
+            "this client is granted no audience: add spec.audiences, and a grant from the audience's OAuthResource",
+        ));
+    }
     let ring = app.store.ring(client.signing_key.as_deref());
     let Some(active) = ring.as_ref().and_then(|r| r.active.clone()) else {
         tracing::error!(
@@ -214,13 +225,19 @@ pub fn issue(
         );
         return Err(OAuthError::no_signing_key());
     };
+    // Each audience's OAuthResource says how its tokens look.
+    let shape = app
+        .store
+        .audiences()
+        .shape(&audiences, app.token_typ, client.ttl)
+        .map_err(|message| OAuthError::new(ErrorCode::InvalidTarget, message))?;
     let jti = new_jti();
-    let claims = access_token_claims(&app.issuer, client, &scopes, &audiences, now, &jti);
-    let token = sign_jwt(&active, app.token_typ, &claims).map_err(|error| {
+    let claims = access_token_claims(&app.issuer, client, &scopes, &audiences, &shape, now, &jti);
+    let token = sign_jwt(&active, shape.typ, &claims).map_err(|error| {
         tracing::error!(%error, kid = %active.kid, "signing failed");
         OAuthError::new(ErrorCode::ServerError, "signing failed")
     })?;
-    Ok((token, client.ttl.as_secs(), scopes.join(" ")))
+    Ok((token, shape.lifetime.as_secs(), scopes.join(" ")))
 }
 
 pub async fn token_endpoint(State(app): State<Arc<App>>, request: Request) -> Response {

@@ -1,6 +1,7 @@
-//! Cluster mode: kube-runtime watches of `OAuthClient` (cluster-wide),
-//! `SigningKey` and the `<name>-keys` Secrets (the issuer's namespace,
-//! selected by the `sigil.dev/signing-key` label) feed the store. Requests never wait for the API server; when it goes
+//! Cluster mode: kube-runtime watches of `OAuthClient` and `OAuthResource`
+//! (cluster-wide), `SigningKey` and the `<name>-keys` Secrets (the issuer's
+//! namespace, selected by the `sigil.dev/signing-key` label) feed the
+//! store. Requests never wait for the API server; when it goes
 //! away the watches retry with backoff while the issuer serves from what it
 //! has, and a metric plus a log line say so.
 
@@ -14,13 +15,13 @@ use kube::Api;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::watcher::{self, Event};
 use sigil_crds::watch::{Undecodable, guarded_watcher, with_watch_backoff};
-use sigil_crds::{OAuthClient, SIGNING_KEY_LABEL, SigningKey};
+use sigil_crds::{OAuthClient, OAuthResource, SIGNING_KEY_LABEL, SigningKey};
 
 use crate::index::{ObjectKey, Store};
 use crate::inject::admission::ClientDirectory;
 use crate::metrics::{Metrics, ResourceLabel};
 
-const RESOURCES: [&str; 3] = ["oauthclients", "signingkeys", "secrets"];
+const RESOURCES: [&str; 4] = ["oauthclients", "signingkeys", "secrets", "oauthresources"];
 
 /// Which watches have listed at least once and which are connected now:
 /// drives the store's readiness and the `apiserver_connected` metric
@@ -28,7 +29,7 @@ const RESOURCES: [&str; 3] = ["oauthclients", "signingkeys", "secrets"];
 struct WatchStatus {
     store: Arc<Store>,
     metrics: Arc<Metrics>,
-    synced: [AtomicBool; 3],
+    synced: [AtomicBool; 4],
     /// Bit i set while watch i is failing.
     failing: AtomicU8,
 }
@@ -110,6 +111,27 @@ impl Index<OAuthClient> for ClientIndex {
         self.store.replace_clients(&clients);
         self.directory.replace(&clients);
         tracing::info!(clients = self.store.client_count(), "listed OAuthClients");
+    }
+}
+
+/// OAuthResources (cluster-wide) → the audiences' owners and token formats.
+struct ResourceIndex {
+    store: Arc<Store>,
+}
+
+impl Index<OAuthResource> for ResourceIndex {
+    fn apply(&mut self, resource: OAuthResource) {
+        self.store.upsert_resource(&resource);
+    }
+
+    fn delete(&mut self, resource: OAuthResource) {
+        self.store
+            .remove_resource(&ObjectKey::of(&resource.metadata));
+    }
+
+    fn reset(&mut self, resources: Vec<OAuthResource>) {
+        self.store.replace_resources(&resources);
+        tracing::info!(resources = resources.len(), "listed OAuthResources");
     }
 }
 
@@ -239,17 +261,27 @@ pub async fn run(
     let secrets = feed(
         guarded_watcher::<Secret>(
             api(ApiResource::erase::<Secret>(&()), Some(&namespace)),
-            config.labels(SIGNING_KEY_LABEL),
-            report_undecodable(metrics, RESOURCES[2]),
+            config.clone().labels(SIGNING_KEY_LABEL),
+            report_undecodable(metrics.clone(), RESOURCES[2]),
         ),
         KeySecretIndex {
-            store,
+            store: store.clone(),
             known: HashSet::new(),
         },
-        health,
+        health.clone(),
         2,
     );
-    tokio::join!(clients, keys, secrets);
+    let resources = feed(
+        guarded_watcher::<OAuthResource>(
+            api(ApiResource::erase::<OAuthResource>(&()), None),
+            config,
+            report_undecodable(metrics, RESOURCES[3]),
+        ),
+        ResourceIndex { store },
+        health,
+        3,
+    );
+    tokio::join!(clients, keys, secrets, resources);
 }
 
 /// Logs and counts an object a watch skipped.

@@ -64,6 +64,9 @@ pub enum StandaloneError {
 pub struct Manifests {
     pub clients: Vec<OAuthClient>,
     pub signing_keys: Vec<SigningKey>,
+    /// Their token formats and scopes apply; their grants do not: the
+    /// manifests are the standalone issuer's own, trusted configuration.
+    pub resources: Vec<sigil_crds::OAuthResource>,
 }
 
 /// Reads every `*.yaml`/`*.yml` file of `dir` (several documents per file
@@ -152,6 +155,15 @@ pub fn parse_documents(
                 sigil_crds::validate::validate_signing_key(&key)
                     .map_err(|errors| bad(field_errors(&errors)))?;
                 manifests.signing_keys.push(key);
+            }
+            "OAuthResource" => {
+                let mut resource: sigil_crds::OAuthResource =
+                    serde_json::from_value(document).map_err(|e| bad(e.to_string()))?;
+                resource
+                    .metadata
+                    .namespace
+                    .get_or_insert_with(|| "default".into());
+                manifests.resources.push(resource);
             }
             other => {
                 tracing::debug!(path = %path.display(), index, kind = other, "skipping a document that is not a Sigil resource")
@@ -260,9 +272,13 @@ pub fn with_verifier(client: &OAuthClient, secrets: &BTreeMap<String, String>) -
             }]
         })
         .unwrap_or_default();
+    // The manifests are the standalone issuer's own configuration: what
+    // they request is granted (there are no OAuthResources to ask).
+    let grant = sigil_crds::grant::as_requested(&client.spec);
     client.status = Some(OAuthClientStatus {
         client_id: Some(client.client_id()),
         secret_verifiers: verifiers,
+        grant: Some(grant),
         ..Default::default()
     });
     client
@@ -694,7 +710,7 @@ mod tests {
         let refused = [
             (
                 "apiVersion: sigil.dev/v1alpha1\nkind: OAuthClient\nmetadata: {name: evil}\nspec:\n  additionalClaims: {iss: https://attacker.example, sub: admin}\n",
-                "spec.additionalClaims: Invalid value: additionalClaims may not set registered or Sigil-owned claims (iss, sub, aud, exp, nbf, iat, jti, client_id, scope, scp, cnf)",
+                "spec.additionalClaims: Invalid value: additionalClaims may not set registered or Sigil-owned claims (iss, sub, aud, exp, nbf, iat, jti, client_id, scope, scp, cnf, azp, act, may_act, acr, amr, auth_time)",
             ),
             (
                 "apiVersion: sigil.dev/v1alpha1\nkind: SigningKey\nmetadata: {name: default}\nspec: {prePublish: 48h, rotationInterval: 1h}\n",

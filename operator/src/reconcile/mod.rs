@@ -1,6 +1,7 @@
 //! One module per custom resource; helpers they share.
 
 pub mod oauth_client;
+pub mod oauth_resource;
 pub mod signing_key;
 
 use std::sync::Arc;
@@ -28,14 +29,36 @@ pub fn ready_condition(
     generation: Option<i64>,
     now: Timestamp,
 ) -> Condition {
-    let status = if ready { "True" } else { "False" };
+    condition(
+        CONDITION_READY,
+        previous,
+        ready,
+        reason,
+        message,
+        generation,
+        now,
+    )
+}
+
+/// A condition of type `type_`, keeping `lastTransitionTime` when its
+/// status did not change.
+pub fn condition(
+    type_: &str,
+    previous: &[Condition],
+    ok: bool,
+    reason: Reason,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
     let since = previous
         .iter()
-        .find(|c| c.type_ == CONDITION_READY && c.status == status)
+        .find(|c| c.type_ == type_ && c.status == status)
         .map(|c| c.last_transition_time.clone())
         .unwrap_or_else(|| Time(floor_second(now)));
     Condition {
-        type_: CONDITION_READY.to_owned(),
+        type_: type_.to_owned(),
         status: status.to_owned(),
         reason: reason.as_str().to_owned(),
         message,
@@ -221,10 +244,10 @@ where
 {
     let started = std::time::Instant::now();
     let result = run.await;
-    let kind: &'static str = if K::kind(&()) == "OAuthClient" {
-        "OAuthClient"
-    } else {
-        "SigningKey"
+    let kind: &'static str = match K::kind(&()).as_ref() {
+        "OAuthClient" => "OAuthClient",
+        "OAuthResource" => "OAuthResource",
+        _ => "SigningKey",
     };
     let outcome = result.as_ref().map(|_| ()).map_err(Error::metric_label);
     ctx.metrics

@@ -26,19 +26,21 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
+use sigil_crds::grant::denial_summary;
 use sigil_crds::{
-    MANAGED_BY_LABEL, MANAGED_BY_VALUE, OAuthClient, OAuthClientStatus, Reason, SecretVerifier,
-    secret_keys, secret_verifier,
+    CONDITION_GRANTED, EffectiveGrant, MANAGED_BY_LABEL, MANAGED_BY_VALUE, OAuthClient,
+    OAuthClientStatus, Reason, SecretVerifier, secret_keys, secret_verifier,
 };
 
 use super::{
-    Refusal, SecretFor, floor_second, read_secret_for, ready_condition, refuse, secret_owned_by,
-    until, write_status,
+    Refusal, SecretFor, condition, floor_second, read_secret_for, ready_condition, refuse,
+    secret_owned_by, until, write_status,
 };
 use crate::FIELD_MANAGER;
 use crate::context::{Context, Error, Result, jitter};
@@ -301,6 +303,67 @@ pub fn first_claimant<'a>(
         .unwrap_or(this)
 }
 
+/// The `Granted` condition: True when the whole request is granted, else
+/// False with every denial's reason.
+fn granted_condition(
+    previous: &[Condition],
+    grant: &EffectiveGrant,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let (ok, reason, message) = if grant.denied.is_empty() {
+        (
+            true,
+            Reason::Granted,
+            "every requested audience, scope and claim is granted".to_owned(),
+        )
+    } else {
+        (false, Reason::GrantDenied, denial_summary(&grant.denied))
+    };
+    condition(
+        CONDITION_GRANTED,
+        previous,
+        ok,
+        reason,
+        message,
+        generation,
+        now,
+    )
+}
+
+/// One Event when what is denied changes: a Warning naming the denials, or
+/// a Normal one when the last of them is lifted.
+async fn announce_grant_change(
+    ctx: &Context,
+    oac: &OAuthClient,
+    before: Option<&EffectiveGrant>,
+    after: &EffectiveGrant,
+) {
+    let denied_before = before.map(|g| g.denied.as_slice()).unwrap_or_default();
+    if denied_before == after.denied.as_slice() {
+        return;
+    }
+    if after.denied.is_empty() {
+        ctx.event(
+            oac,
+            EventType::Normal,
+            Reason::Granted.as_str(),
+            "Grant",
+            "Every requested audience, scope and claim is granted".to_owned(),
+        )
+        .await;
+    } else {
+        ctx.event(
+            oac,
+            EventType::Warning,
+            Reason::GrantDenied.as_str(),
+            "Grant",
+            denial_summary(&after.denied),
+        )
+        .await;
+    }
+}
+
 /// The Secret's data keys (DESIGN.md §3): the one place they are made.
 /// `credentials.json` holds the credentials only; the CA bundle is trust
 /// material, not a credential, and stays a PEM file of its own (`ca.crt`,
@@ -419,14 +482,31 @@ async fn reconcile_client(oac: &OAuthClient, ctx: &Context) -> Result<Action> {
     // its secret moves to the new Secret, then it is deleted.
     let previous_secret_name = status.secret_name.clone().filter(|old| *old != secret_name);
 
+    // A client id outside `*.<namespace>` needs its namespace's leave, so
+    // nobody can squat another namespace's ids.
+    if let Err(message) = ctx.grants.check_client_id(oac).await? {
+        delete_owned_secret(&secrets, &secret_name, oac).await?;
+        if let Some(old_name) = &previous_secret_name {
+            delete_owned_secret(&secrets, old_name, oac).await?;
+        }
+        let refusal = Refusal {
+            reason: Reason::ClientIdNotAllowed,
+            action: "CheckClientId",
+            message,
+        };
+        let new_status = OAuthClientStatus::default();
+        return refuse(ctx, oac, &clients, (&status, new_status), refusal, now).await;
+    }
+
     // clientId must be unique in the cluster: the later claimant gets no
-    // credentials.
+    // credentials. Claimants whose namespace may not use the id never win.
     let claimants: Vec<Arc<OAuthClient>> = {
         let index = ctx.client_index.lock().unwrap_or_else(|p| p.into_inner());
         index.claimants(&client_id)
     }
     .iter()
     .filter_map(|r| ctx.oauth_clients.get(r))
+    .filter(|c| ctx.grants.id_allowed(c).is_ok())
     .collect();
     let first = first_claimant(&client_id, oac, &claimants);
     if first.metadata.uid != oac.metadata.uid {
@@ -536,20 +616,19 @@ async fn reconcile_client(oac: &OAuthClient, ctx: &Context) -> Result<Action> {
         }
         (true, Reason::CredentialsReady, message)
     };
+    let grant = ctx.grants.effective(oac).await?;
+    let granted_condition = granted_condition(&status.conditions, &grant, generation, now);
     let new_status = OAuthClientStatus {
         client_id: Some(client_id.clone()),
         secret_name: Some(secret_name.clone()),
         secret_verifiers: plan.verifiers.clone(),
         secret_rotated_at: Some(Time(plan.rotated_at)),
         observed_generation: generation,
-        conditions: vec![ready_condition(
-            &status.conditions,
-            ready,
-            reason,
-            message,
-            generation,
-            now,
-        )],
+        conditions: vec![
+            ready_condition(&status.conditions, ready, reason, message, generation, now),
+            granted_condition,
+        ],
+        grant: Some(grant.clone()),
     };
 
     let owner = oac
@@ -573,8 +652,8 @@ async fn reconcile_client(oac: &OAuthClient, ctx: &Context) -> Result<Action> {
             &plan.secret,
             &ctx.token_url,
             &ctx.issuer_url,
-            &oac.spec.scopes,
-            &oac.spec.audiences,
+            &grant.scopes,
+            &grant.audiences,
             ca_bundle.as_deref(),
         )),
         ..Default::default()
@@ -604,6 +683,7 @@ async fn reconcile_client(oac: &OAuthClient, ctx: &Context) -> Result<Action> {
     if !status_first {
         write_status(&clients, &name, &status, new_status).await?;
     }
+    announce_grant_change(ctx, oac, status.grant.as_ref(), &grant).await;
     if let Some(old_name) = &previous_secret_name {
         delete_owned_secret(&secrets, old_name, oac).await?;
     }

@@ -198,7 +198,7 @@ async fn demo_in_pods(cp: &ControlPlane) -> anyhow::Result<()> {
 
     pod_step(
         4,
-        "applying examples/calendar-service.yaml and examples/task-service.yaml in namespace tasks",
+        "applying examples/calendar-service.yaml, file-service.yaml and task-service.yaml in namespace tasks",
     );
     let out = cp.run_kubectl(&["create", "namespace", EXAMPLE_NAMESPACE])?;
     if !out.status.success() {
@@ -208,15 +208,8 @@ async fn demo_in_pods(cp: &ControlPlane) -> anyhow::Result<()> {
         );
     }
     install::publish_ca(cp, EXAMPLE_NAMESPACE).await?;
-    let examples = workspace_root().join("examples");
-    install::kubectl_apply(
-        cp,
-        EXAMPLE_NAMESPACE,
-        &[
-            examples.join("calendar-service.yaml"),
-            examples.join("task-service.yaml"),
-        ],
-    )?;
+    let manifests = install::example_manifests(EXAMPLE_NAMESPACE, cp.dir())?;
+    install::kubectl_apply(cp, EXAMPLE_NAMESPACE, &manifests)?;
 
     pod_step(
         5,

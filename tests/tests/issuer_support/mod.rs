@@ -1,6 +1,7 @@
 //! Helpers of the issuer end-to-end tests: start the `issuer` binary, talk
-//! HTTP/1.1 to it on loopback, and run the Go and Node interop verifiers
-//! (tests/interop/), which install from the Go module proxy and npm.
+//! HTTP/1.1 to it on loopback, and run the Go, Node and Java interop
+//! verifiers (tests/interop/), which install from the Go module proxy, npm
+//! and Maven Central.
 
 #![allow(dead_code)]
 
@@ -249,6 +250,7 @@ fn interop_dir(language: &str) -> PathBuf {
 
 static GO_BINARY: OnceCell<PathBuf> = OnceCell::const_new();
 static NODE_READY: OnceCell<()> = OnceCell::const_new();
+static JAVA_CLASSPATH: OnceCell<String> = OnceCell::const_new();
 
 /// Builds the Go verifier once (modules from the Go proxy).
 pub async fn go_verifier() -> PathBuf {
@@ -285,6 +287,58 @@ pub async fn node_ready() {
             assert!(status.success(), "npm ci in tests/interop/node failed");
         })
         .await;
+}
+
+/// Builds the Java verifier once (tests/interop/java, a Maven project whose
+/// pom pins every version) and returns the classpath that runs it: its jar
+/// and its dependencies' jars. Maven's local repository is
+/// `${SIGIL_CACHE:-~/.cache/sigil}/m2`, outside the repo: offline when that
+/// already holds everything, else from Maven Central (the first time). The
+/// jar goes under the Cargo target directory, as the Go verifier does.
+pub async fn java_verifier() -> String {
+    JAVA_CLASSPATH
+        .get_or_init(|| async {
+            let cache = std::env::var_os("SIGIL_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/sigil")
+                });
+            let out = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| sigil_tests::cluster::workspace_root().join("target"))
+                .join("interop/java");
+            let maven = |offline: bool| {
+                let mut command = tokio::process::Command::new("mvn");
+                command
+                    .args(["-B", "-q", "-Dstyle.color=never"])
+                    .args(offline.then_some("-o"))
+                    .arg(format!("-Dmaven.repo.local={}", cache.join("m2").display()))
+                    .arg(format!("-Dsigil.build.dir={}", out.display()))
+                    .arg("package")
+                    .current_dir(interop_dir("java"))
+                    .stdin(Stdio::null());
+                command
+            };
+            // Offline first: quiet and fast when the cache is warm; its
+            // complaints about missing artifacts are only a cold cache.
+            let offline = maven(true)
+                .output()
+                .await
+                .expect("running `mvn` (is Maven installed?)");
+            if !offline.status.success() {
+                let status = maven(false).status().await.expect("running `mvn`");
+                assert!(status.success(), "building tests/interop/java failed");
+            }
+            let dependencies = std::fs::read_to_string(out.join("classpath.txt"))
+                .expect("the Java verifier's classpath.txt");
+            format!(
+                "{}:{}",
+                out.join("sigil-interop-java.jar").display(),
+                dependencies.trim()
+            )
+        })
+        .await
+        .clone()
 }
 
 /// Runs a verifier command; returns its JSON report (and panics with its
@@ -361,4 +415,42 @@ pub async fn run_node(run: &VerifyRun<'_>) -> serde_json::Value {
         command.args(["--scope", run.scope]);
     }
     run_json(command, "Node").await
+}
+
+/// What the Spring verifier is asked to check.
+pub struct SpringRun<'a> {
+    pub jwks_url: &'a str,
+    pub issuer: &'a str,
+    pub audience: &'a str,
+    /// The issuer's signing algorithm: the builder expects RS256 unless told.
+    pub jws_algorithm: &'a str,
+    pub token: &'a str,
+}
+
+/// Decodes a token with Spring Security's `NimbusJwtDecoder` (JWKS URL and
+/// algorithm, default validators for the issuer, plus an audience check);
+/// returns `{ok, header, claims}` or `{ok: false, exception, error}`.
+pub async fn run_spring(run: &SpringRun<'_>) -> serde_json::Value {
+    let mut command = tokio::process::Command::new("java");
+    command
+        .arg("-cp")
+        .arg(java_verifier().await)
+        .arg("dev.sigil.interop.Verify")
+        .args(["--jwks-url", run.jwks_url, "--issuer", run.issuer])
+        .args(["--audience", run.audience, "--token", run.token])
+        .args(["--jws-algorithm", run.jws_algorithm]);
+    run_json(command, "Java").await
+}
+
+/// Validates `token` with oauth4webapi's `validateJwtAccessToken` against
+/// `issuer`'s discovery document; returns `{ok, header, claims}` or
+/// `{ok: false, code, error}`.
+pub async fn run_oauth4webapi(issuer: &str, audience: &str, token: &str) -> serde_json::Value {
+    node_ready().await;
+    let mut command = tokio::process::Command::new("node");
+    command
+        .current_dir(interop_dir("node"))
+        .arg("validate-at.mjs")
+        .args(["--issuer", issuer, "--audience", audience, "--token", token]);
+    run_json(command, "oauth4webapi").await
 }
