@@ -661,6 +661,21 @@ async fn duplicate_client_id_gets_no_secret_until_the_first_is_gone() {
     let first_ns = cluster.namespace("op-dup-a").await;
     let later_ns = cluster.namespace("op-dup-b").await;
     let _operator = Operator::start(cluster, &first_ns, &[&first_ns, &later_ns], "dup");
+    // An id outside `*.<namespace>` needs its namespace's leave; both have
+    // it here, so only the duplicate rule decides.
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    for ns in [&first_ns, &later_ns] {
+        namespaces
+            .patch(
+                ns,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(
+                    json!({"metadata": {"annotations": {"sigil.dev/client-ids": "shared-id"}}}),
+                ),
+            )
+            .await
+            .expect("allowing the client id");
+    }
 
     apply_client(
         &client,
