@@ -184,7 +184,20 @@ pub async fn run(
         },
         PredicateConfig::default(),
     );
+    // Driven on its own (not as a trigger of the client controller): a
+    // reconcile waits for this store's first list, and a trigger stream is
+    // not polled while the controller is busy, which held the first
+    // reconciles after a leader change for the full wait.
+    let (namespace_tx, namespace_rx) = mpsc::unbounded::<ObjectRef<OAuthClient>>();
     let clients_for_namespaces = client_store.clone();
+    let namespace_watch = namespace_events.for_each(move |namespace| {
+        if let Ok(namespace) = namespace {
+            for c in clients_in(&namespace, &clients_for_namespaces) {
+                let _ = namespace_tx.unbounded_send(c);
+            }
+        }
+        futures::future::ready(())
+    });
 
     let key_events = tolerant_reflector(
         client.clone(),
@@ -213,9 +226,7 @@ pub async fn run(
         .reconcile_all_on(ca_changes)
         .reconcile_on(grant_rx)
         .reconcile_all_on(regrant_all_rx)
-        .watches_stream(namespace_events, move |ns| {
-            clients_in(&ns, &clients_for_namespaces)
-        })
+        .reconcile_on(namespace_rx)
         .with_config(config.clone())
         .graceful_shutdown_on(shutdown.clone())
         .run(
@@ -257,7 +268,11 @@ pub async fn run(
         });
 
     tracing::info!(namespace = %args.namespace, "controllers running");
-    futures::join!(client_controller, key_controller, resource_controller);
+    // The namespace watch ends with the controllers (its stream is endless).
+    tokio::select! {
+        _ = async { futures::join!(client_controller, key_controller, resource_controller) } => {}
+        _ = namespace_watch => {}
+    }
     health.reset_listed();
     tracing::info!("controllers stopped");
 }
