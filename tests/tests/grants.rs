@@ -7,8 +7,6 @@
 
 mod issuer_support;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use issuer_support::*;
@@ -17,40 +15,6 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use sigil_crds::{OAuthClient, OAuthResource, SigningKey};
 use sigil_tests::cluster::TestCluster;
-
-/// The operator process, killed on drop.
-struct OperatorProcess(Child);
-
-impl Drop for OperatorProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_operator(
-    kubeconfig: &Path,
-    namespace: &str,
-    watch: &[&str],
-    issuer_url: &str,
-    log: &Path,
-) -> OperatorProcess {
-    let log_file = std::fs::File::create(log).expect("operator log");
-    let child = Command::new(sigil_tests::binary("operator"))
-        .args(["--issuer-url", issuer_url, "--namespace", namespace])
-        .args(["--watch-namespaces", &watch.join(",")])
-        .args(["--unclaimed-audiences", "closed"])
-        .args(["--health-listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--lease-name", &format!("sigil-operator-{namespace}")])
-        .env("KUBECONFIG", kubeconfig)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone().expect("log"))
-        .stderr(log_file)
-        .spawn()
-        .expect("starting the operator");
-    OperatorProcess(child)
-}
 
 async fn apply<K>(client: &kube::Client, namespace: &str, manifest: serde_json::Value)
 where
@@ -176,11 +140,12 @@ async fn grants_decide_scopes_take_effect_within_a_second_and_squatters_are_refu
         )],
         &scratch.0.join("issuer.log"),
     );
-    let _operator = start_operator(
+    let _operator = OperatorProcess::start(
         cluster.kubeconfig(),
         &sigil,
         &[&tasks, &sandbox],
         &issuer.base_url,
+        &["--unclaimed-audiences", "closed"],
         &scratch.0.join("operator.log"),
     );
     issuer.wait_ready(Duration::from_secs(60)).await;

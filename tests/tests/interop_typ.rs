@@ -8,8 +8,6 @@
 
 mod issuer_support;
 
-use std::time::Duration;
-
 use issuer_support::*;
 
 const MANIFESTS: &str = "\
@@ -59,26 +57,10 @@ async fn spring_accepts_the_jwt_typ_audience_and_oauth4webapi_the_at_jwt_one() {
     java_verifier().await;
     node_ready().await;
 
-    let scratch = Scratch::new("sigil-interop-typ");
-    let dir = scratch.0.join("manifests");
-    std::fs::create_dir_all(&dir).expect("manifests dir");
-    std::fs::write(dir.join("apis.yaml"), MANIFESTS).expect("manifest");
-    let secrets = scratch.0.join("secrets.json");
-    let mut issuer = IssuerProcess::start(
-        &[
-            "--manifests",
-            dir.to_str().expect("utf8 path"),
-            "--secrets",
-            secrets.to_str().expect("utf8 path"),
-        ],
-        &[],
-        &scratch.0.join("issuer.log"),
-    );
-    issuer.wait_ready(Duration::from_secs(20)).await;
-    let file: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&secrets).expect("secrets file"))
-            .expect("secrets JSON");
-    let secret = file[CLIENT_ID].as_str().expect("a generated secret");
+    let standalone = Standalone::start("sigil-interop-typ", MANIFESTS).await;
+    let secret = standalone.secret(CLIENT_ID);
+    let secret = secret.as_str();
+    let issuer = &standalone.issuer;
     let (url, iss, jwks) = (issuer.token_url(), &issuer.base_url, issuer.jwks_url());
 
     let token_for = |audience: &'static str| {

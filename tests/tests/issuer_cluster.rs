@@ -7,7 +7,6 @@
 mod issuer_support;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use issuer_support::*;
@@ -17,36 +16,13 @@ use serde_json::json;
 use sigil_crds::SigningKey;
 use sigil_tests::cluster::{Component, ControlPlane, Options, TestCluster};
 
-/// The operator process, killed on drop.
-struct OperatorProcess(Child);
-
-impl Drop for OperatorProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn start_operator(
     kubeconfig: &Path,
     namespace: &str,
     issuer_url: &str,
     log: &Path,
 ) -> OperatorProcess {
-    let log_file = std::fs::File::create(log).expect("operator log");
-    let child = Command::new(sigil_tests::binary("operator"))
-        .args(["--issuer-url", issuer_url, "--namespace", namespace])
-        .args(["--watch-namespaces", namespace])
-        .args(["--health-listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--lease-name", &format!("sigil-operator-{namespace}")])
-        .env("KUBECONFIG", kubeconfig)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone().expect("log"))
-        .stderr(log_file)
-        .spawn()
-        .expect("starting the operator");
-    OperatorProcess(child)
+    OperatorProcess::start(kubeconfig, namespace, &[namespace], issuer_url, &[], log)
 }
 
 fn start_cluster_issuer(kubeconfig: &Path, namespace: &str, log: &Path) -> IssuerProcess {

@@ -21,42 +21,10 @@ spec:
 
 const TASK_ID: &str = "task-service.tasks";
 
-struct Standalone {
-    issuer: IssuerProcess,
-    scratch: Scratch,
-    secret: String,
-}
-
 async fn standalone(manifests: &str) -> Standalone {
-    let scratch = Scratch::new("sigil-standalone");
-    let dir = scratch.0.join("manifests");
-    std::fs::create_dir_all(&dir).expect("manifests dir");
-    std::fs::write(dir.join("example.yaml"), manifests).expect("manifest");
-    let secrets = scratch.0.join("secrets.json");
-    let mut issuer = IssuerProcess::start(
-        &[
-            "--manifests",
-            dir.to_str().expect("utf8 path"),
-            "--secrets",
-            secrets.to_str().expect("utf8 path"),
-        ],
-        &[],
-        &scratch.0.join("issuer.log"),
-    );
-    issuer.wait_ready(Duration::from_secs(20)).await;
-    let file: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&secrets).expect("secrets file written"))
-            .expect("secrets JSON");
-    let secret = file[TASK_ID]
-        .as_str()
-        .expect("a generated secret")
-        .to_owned();
-    std::fs::write(scratch.0.join("secret"), &secret).expect("secret file");
-    Standalone {
-        issuer,
-        scratch,
-        secret,
-    }
+    let started = Standalone::start("sigil-standalone", manifests).await;
+    std::fs::write(started.scratch.0.join("secret"), started.secret(TASK_ID)).expect("secret file");
+    started
 }
 
 #[tokio::test]
@@ -73,11 +41,23 @@ async fn standalone_issuer_serves_the_seed_example() {
     assert_eq!(mode & 0o777, 0o600);
     let log = s.issuer.log_text();
     assert!(log.contains(TASK_ID), "{log}");
-    assert!(!log.contains(&s.secret));
+    assert!(!log.contains(&s.secret(TASK_ID)));
 
     for reply in [
-        token_basic(&url, TASK_ID, &s.secret, "grant_type=client_credentials").await,
-        token_post(&url, TASK_ID, &s.secret, "grant_type=client_credentials").await,
+        token_basic(
+            &url,
+            TASK_ID,
+            &s.secret(TASK_ID),
+            "grant_type=client_credentials",
+        )
+        .await,
+        token_post(
+            &url,
+            TASK_ID,
+            &s.secret(TASK_ID),
+            "grant_type=client_credentials",
+        )
+        .await,
     ] {
         assert_eq!(reply.status, 200, "{}", reply.body);
         assert_eq!(reply.header("cache-control"), Some("no-store"));
@@ -90,7 +70,7 @@ async fn standalone_issuer_serves_the_seed_example() {
     let narrowed = token_basic(
         &url,
         TASK_ID,
-        &s.secret,
+        &s.secret(TASK_ID),
         "grant_type=client_credentials&scope=event.create&audience=event",
     )
     .await;
@@ -104,7 +84,7 @@ async fn standalone_issuer_serves_the_seed_example() {
     let bad_scope = token_basic(
         &url,
         TASK_ID,
-        &s.secret,
+        &s.secret(TASK_ID),
         "grant_type=client_credentials&scope=file.delete",
     )
     .await;
@@ -114,7 +94,7 @@ async fn standalone_issuer_serves_the_seed_example() {
     let bad_audience = token_basic(
         &url,
         TASK_ID,
-        &s.secret,
+        &s.secret(TASK_ID),
         "grant_type=client_credentials&audience=payments",
     )
     .await;

@@ -454,3 +454,87 @@ pub async fn run_oauth4webapi(issuer: &str, audience: &str, token: &str) -> serd
         .args(["--issuer", issuer, "--audience", audience, "--token", token]);
     run_json(command, "oauth4webapi").await
 }
+
+/// A standalone issuer over a manifests folder holding `manifests`, ready.
+pub struct Standalone {
+    pub issuer: IssuerProcess,
+    pub scratch: Scratch,
+    /// The secrets file the issuer wrote: client id → generated secret.
+    pub secrets: serde_json::Value,
+}
+
+impl Standalone {
+    pub async fn start(prefix: &str, manifests: &str) -> Standalone {
+        let scratch = Scratch::new(prefix);
+        let dir = scratch.0.join("manifests");
+        std::fs::create_dir_all(&dir).expect("manifests dir");
+        std::fs::write(dir.join("manifests.yaml"), manifests).expect("manifest");
+        let secrets_file = scratch.0.join("secrets.json");
+        let mut issuer = IssuerProcess::start(
+            &[
+                "--manifests",
+                dir.to_str().expect("utf8 path"),
+                "--secrets",
+                secrets_file.to_str().expect("utf8 path"),
+            ],
+            &[],
+            &scratch.0.join("issuer.log"),
+        );
+        issuer.wait_ready(Duration::from_secs(20)).await;
+        let secrets =
+            serde_json::from_str(&std::fs::read_to_string(&secrets_file).expect("secrets file"))
+                .expect("secrets JSON");
+        Standalone {
+            issuer,
+            scratch,
+            secrets,
+        }
+    }
+
+    /// The generated secret of `client_id`.
+    pub fn secret(&self, client_id: &str) -> String {
+        self.secrets[client_id]
+            .as_str()
+            .expect("a generated secret")
+            .to_owned()
+    }
+}
+
+/// An operator process against the test control plane, killed on drop.
+pub struct OperatorProcess(std::process::Child);
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl OperatorProcess {
+    /// `--namespace namespace` (its SigningKeys and Lease), reconciling the
+    /// OAuthClients of `watch`, with `extra` flags; logs to `log`.
+    pub fn start(
+        kubeconfig: &Path,
+        namespace: &str,
+        watch: &[&str],
+        issuer_url: &str,
+        extra: &[&str],
+        log: &Path,
+    ) -> OperatorProcess {
+        let log_file = std::fs::File::create(log).expect("operator log");
+        let child = std::process::Command::new(sigil_tests::binary("operator"))
+            .args(["--issuer-url", issuer_url, "--namespace", namespace])
+            .args(["--watch-namespaces", &watch.join(",")])
+            .args(["--health-listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--lease-name", &format!("sigil-operator-{namespace}")])
+            .args(extra)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(log_file.try_clone().expect("log"))
+            .stderr(log_file)
+            .spawn()
+            .expect("starting the operator");
+        OperatorProcess(child)
+    }
+}
