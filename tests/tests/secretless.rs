@@ -5,7 +5,7 @@
 //! ServiceAccount; a wrong audience, another namespace, an unlisted
 //! ServiceAccount, an altered token and one signed by a key the API server
 //! does not publish get `invalid_client`; with TokenReview on, so does a
-//! still-unexpired token of a deleted ServiceAccount. The operator writes
+//! still-unexpired token of a deleted ServiceAccount or pod. The operator writes
 //! no Secret for a client whose only method is `federated_jwt`.
 
 mod issuer_support;
@@ -18,7 +18,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use issuer_support::*;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use sigil_crds::{OAuthClient, SigningKey};
@@ -106,12 +106,30 @@ fn secretless_client(name: &str, accounts: &[&str], audience: &str) -> serde_jso
 /// A token of `namespace/name` from the TokenRequest API (what `kubectl
 /// create token --audience` does), valid for 10 minutes (the shortest).
 async fn mint(client: &kube::Client, namespace: &str, name: &str, audience: &str) -> String {
+    mint_bound(client, namespace, name, audience, None).await
+}
+
+/// Like [`mint`], bound to a pod (name, uid) as the kubelet's projected
+/// tokens are.
+async fn mint_bound(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    audience: &str,
+    pod: Option<(&str, &str)>,
+) -> String {
+    use k8s_openapi::api::authentication::v1::BoundObjectReference;
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
     let request = TokenRequest {
         spec: Some(TokenRequestSpec {
             audiences: Some(vec![audience.to_owned()]),
             expiration_seconds: Some(600),
-            ..Default::default()
+            bound_object_ref: pod.map(|(pod, uid)| BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(pod.into()),
+                uid: Some(uid.into()),
+            }),
         }),
         ..Default::default()
     };
@@ -445,6 +463,59 @@ async fn service_account_tokens_authenticate_the_client_that_lists_them_and_noth
     eprintln!(
         "a deleted ServiceAccount's cached token stopped working after {:?}",
         deleted_at.elapsed()
+    );
+
+    // A token bound to a pod (as the kubelet projects them) names the pod;
+    // once the pod is deleted, TokenReview refuses it. No kubelet runs, so
+    // the pod stays Pending and is deleted at once.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &tasks);
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "task-7d9"},
+        "spec": {
+            "serviceAccountName": "task-service",
+            "containers": [{"name": "app", "image": "busybox:dev"}],
+        },
+    }))
+    .expect("pod");
+    let pod = pods
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("creating the pod");
+    let pod_uid = pod.metadata.uid.clone().expect("uid");
+    let bound = mint_bound(
+        &client,
+        &tasks,
+        "task-service",
+        &issuer_url,
+        Some(("task-7d9", &pod_uid)),
+    )
+    .await;
+    assert_eq!(
+        decode_jwt_claims(&bound)["kubernetes.io"]["pod"]["uid"],
+        json!(pod_uid)
+    );
+    let reply = token_with(&token_url, &bound, None).await;
+    assert_eq!(reply.status, 200, "pod-bound token: {}", reply.body);
+    let unused_bound = mint_bound(
+        &client,
+        &tasks,
+        "task-service",
+        &issuer_url,
+        Some(("task-7d9", &pod_uid)),
+    )
+    .await;
+    pods.delete("task-7d9", &DeleteParams::default().grace_period(0))
+        .await
+        .expect("deleting the pod");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while pods.get_opt("task-7d9").await.expect("get pod").is_some() {
+        assert!(Instant::now() < deadline, "the pod was not deleted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_invalid_client(
+        &token_with(&token_url, &unused_bound, None).await,
+        "deleted pod",
     );
 
     // The metrics say what happened.
