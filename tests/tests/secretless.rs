@@ -18,11 +18,11 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use issuer_support::*;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use sigil_crds::{OAuthClient, SigningKey};
-use sigil_tests::cluster::TestCluster;
+use sigil_tests::cluster::{Component, ControlPlane, Options, TestCluster};
 
 const JWT_BEARER: &str = "urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer";
 
@@ -531,4 +531,124 @@ async fn service_account_tokens_authenticate_the_client_that_lists_them_and_noth
     ] {
         assert!(metrics.contains(line), "{line} missing:\n{metrics}");
     }
+}
+
+/// Restarts kube-apiserver with `signing_key` signing new tokens and the
+/// public keys in `published` verifying (and published in its JWKS).
+async fn rotate_api_server_keys(
+    control_plane: &ControlPlane,
+    signing_key: &str,
+    published: &[&str],
+) {
+    let pki = control_plane.dir().join("pki");
+    sigil_tests::pki::write_private(&pki.join("sa.key"), signing_key).expect("sa.key");
+    std::fs::write(pki.join("sa.pub"), published.concat()).expect("sa.pub");
+    control_plane
+        .stop_component(Component::ApiServer)
+        .expect("stopping kube-apiserver");
+    control_plane
+        .start_component(Component::ApiServer)
+        .expect("starting kube-apiserver");
+    control_plane
+        .wait_ready(Duration::from_secs(60))
+        .await
+        .expect("kube-apiserver ready again");
+}
+
+#[tokio::test]
+async fn an_api_server_key_rotation_is_followed_and_a_rotated_out_key_is_refused() {
+    // A control plane of its own: its API server restarts with new keys.
+    let control_plane = ControlPlane::start(Options::default())
+        .await
+        .expect("control plane");
+    control_plane.install_crds().await.expect("CRDs");
+    let client = control_plane.client().await.expect("client");
+    let ns = "sigil-rotation";
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            ns,
+            &PatchParams::apply("sigil-e2e"),
+            &Patch::Apply(
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+            ),
+        )
+        .await
+        .expect("namespace");
+    let scratch = Scratch::new("sigil-sa-rotation");
+    apply::<SigningKey>(
+        &client,
+        ns,
+        json!({"apiVersion": "sigil.dev/v1alpha1", "kind": "SigningKey",
+               "metadata": {"name": "default"}, "spec": {"algorithm": "ES256"}}),
+    )
+    .await;
+    let kubeconfig = control_plane.kubeconfig().to_owned();
+    let mut issuer = IssuerProcess::start(
+        &["--namespace", ns, "--service-account-token-review"],
+        &[("KUBECONFIG", kubeconfig.to_str().expect("utf8 path"))],
+        &scratch.0.join("issuer.log"),
+    );
+    let _operator = start_operator(
+        &kubeconfig,
+        ns,
+        &[ns],
+        &issuer.base_url,
+        &scratch.0.join("operator.log"),
+    );
+    issuer.wait_ready(Duration::from_secs(60)).await;
+    let (token_url, issuer_url) = (issuer.token_url(), issuer.base_url.clone());
+    service_account(&client, ns, "task-service").await;
+    apply::<OAuthClient>(
+        &client,
+        ns,
+        secretless_client("task-service", &["task-service"], "event-rotation"),
+    )
+    .await;
+    admitted(&Api::namespaced(client.clone(), ns), "task-service").await;
+    let old = mint(&client, ns, "task-service", &issuer_url).await;
+    until_token(&token_url, &old, None).await;
+
+    // A new signing key; the old one still verifies.
+    let pki = control_plane.dir().join("pki");
+    let old_public = std::fs::read_to_string(pki.join("sa.pub")).expect("sa.pub");
+    let (new_key, new_public) = sigil_tests::pki::service_account_key().expect("new key");
+    rotate_api_server_keys(&control_plane, &new_key, &[&old_public, &new_public]).await;
+    let client = control_plane.client().await.expect("client");
+    let new = mint(&client, ns, "task-service", &issuer_url).await;
+    assert_ne!(
+        kid_of(&new),
+        kid_of(&old),
+        "the API server signs with the new key"
+    );
+    let started = Instant::now();
+    until_token(&token_url, &new, None).await;
+    eprintln!(
+        "a token signed by the new API-server key worked after {:?} (its unknown kid made the issuer refetch the JWKS)",
+        started.elapsed()
+    );
+    assert_eq!(token_with(&token_url, &old, None).await.status, 200);
+
+    // The old key rotated out: its still-unexpired token is refused (by
+    // TokenReview at once, once the cached review of its last use ends;
+    // offline, once the cached keys are 5 minutes old).
+    rotate_api_server_keys(&control_plane, &new_key, &[&new_public]).await;
+    let started = Instant::now();
+    loop {
+        let reply = token_with(&token_url, &old, None).await;
+        if reply.status == 401 {
+            assert_invalid_client(&reply, "a rotated-out key");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "a token of a rotated-out key still works: {}",
+            reply.body
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!(
+        "a token of the rotated-out API-server key was refused after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(token_with(&token_url, &new, None).await.status, 200);
 }
