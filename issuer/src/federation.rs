@@ -42,8 +42,9 @@ pub const MAX_KEYS: usize = 32;
 /// The JWKS is refetched at most this often, whatever tokens arrive.
 pub const MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
 /// Keys older than this are refetched on the next use (so a key the API
-/// server stopped publishing stops working within this time).
-pub const KEYS_MAX_AGE: Duration = Duration::from_secs(300);
+/// server stopped publishing stops working within this time, TokenReview
+/// or not).
+pub const KEYS_MAX_AGE: Duration = Duration::from_secs(60);
 /// One fetch of discovery + JWKS may take this long.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest token considered (a projected token is about 1 KiB).
@@ -437,8 +438,10 @@ impl Federation {
 
     /// The current keys, refetched when `kid` is unknown or the keys are
     /// older than [`KEYS_MAX_AGE`], at most once per
-    /// [`MIN_REFETCH_INTERVAL`] and one fetch at a time. A failed fetch
-    /// keeps the keys there are.
+    /// [`MIN_REFETCH_INTERVAL`] and one fetch at a time. While one request
+    /// refreshes stale keys, the others go on with the keys there are
+    /// (only a request whose `kid` is unknown waits for the fetch). A
+    /// failed fetch keeps the keys there are.
     pub async fn keys(&self, kid: Option<&str>) -> Option<Arc<KeySet>> {
         let usable = |keys: &Option<Arc<KeySet>>| {
             keys.as_ref()
@@ -448,7 +451,15 @@ impl Federation {
         if usable(&current) {
             return current;
         }
-        let mut last = self.last_fetch.lock().await;
+        let known = current.as_ref().is_some_and(|k| k.has_kid(kid));
+        let mut last = if known {
+            match self.last_fetch.try_lock() {
+                Ok(guard) => guard,
+                Err(_) => return current,
+            }
+        } else {
+            self.last_fetch.lock().await
+        };
         let current = self.keys.load_full();
         if usable(&current) || last.is_some_and(|t| t.elapsed() < MIN_REFETCH_INTERVAL) {
             return current;

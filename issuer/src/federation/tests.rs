@@ -492,3 +492,42 @@ async fn token_review_refuses_what_the_api_server_no_longer_accepts_and_is_cache
         assert_eq!(federation.cached_reviews(), 1);
     }
 }
+
+/// A source whose fetches never finish (an API server that hangs).
+struct HangingSource;
+
+impl KeySource for HangingSource {
+    fn fetch(&self) -> FetchFuture {
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test]
+async fn while_stale_keys_are_refreshed_other_requests_do_not_wait() {
+    let server = ApiServer::new("k1");
+    let federation = Arc::new(Federation::new(
+        Box::new(HangingSource),
+        None,
+        FederationMetrics::default(),
+    ));
+    let published = Published {
+        issuer: SA_ISSUER.into(),
+        jwks: json!({"keys": [server.key.public_jwk(&server.kid)]}),
+    };
+    let mut stale = KeySet::parse(published);
+    stale.fetched = Instant::now() - KEYS_MAX_AGE;
+    federation.keys.store(Some(Arc::new(stale)));
+    // One request takes the refresh (and hangs in it)...
+    let refreshing = tokio::spawn({
+        let federation = federation.clone();
+        async move { federation.keys(Some("k1")).await.is_some() }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // ...the others use the keys there are at once.
+    let keys = tokio::time::timeout(Duration::from_secs(1), federation.keys(Some("k1")))
+        .await
+        .expect("not blocked by the refresh");
+    assert!(keys.is_some_and(|k| k.has_kid(Some("k1"))));
+    // The hanging fetch times out and keeps the stale keys.
+    assert!(refreshing.await.expect("task"));
+}
