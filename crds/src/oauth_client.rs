@@ -33,6 +33,11 @@ pub const JWK_KEY_TYPES: &[&str] = &["EC", "RSA", "OKP"];
 /// JWK members that only a private key has; their presence is refused.
 pub const JWK_PRIVATE_MEMBERS: &[&str] = &["d", "p", "q"];
 pub const ADDITIONAL_CLAIMS_MAX_PROPERTIES: usize = 32;
+/// ServiceAccounts one client may list (`spec.serviceAccounts`).
+pub const SERVICE_ACCOUNTS_MAX_ITEMS: usize = 16;
+/// A ServiceAccount name here is a DNS label (what a projected token's
+/// `kubernetes.io.serviceaccount.name` of a usual workload is).
+pub const SERVICE_ACCOUNT_NAME_MAX_LENGTH: usize = 63;
 
 pub const TOKEN_TTL_BOUNDS: DurationBounds = DurationBounds {
     field: "tokenTTL",
@@ -52,6 +57,10 @@ pub const JWKS_WITHOUT_PRIVATE_KEY_JWT_MESSAGE: &str =
     "jwks is only used with private_key_jwt: add it to authMethods";
 pub const JWKS_PUBLIC_KEYS_ONLY_MESSAGE: &str =
     "jwks must hold public keys only: remove the private members (d, p, q, ...)";
+pub const SERVICE_ACCOUNTS_REQUIRED_MESSAGE: &str =
+    "serviceAccounts is required when authMethods contains federated_jwt";
+pub const SERVICE_ACCOUNTS_WITHOUT_FEDERATED_JWT_MESSAGE: &str =
+    "serviceAccounts is only used with federated_jwt: add it to authMethods";
 pub const GRACE_PERIOD_MESSAGE: &str = "gracePeriod must be shorter than interval";
 
 /// The message of the `additionalClaims` rule, listing the reserved claims.
@@ -136,6 +145,12 @@ pub struct OAuthClientSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks: Option<ClientJwks>,
 
+    /// ServiceAccounts of this namespace whose projected tokens (audience:
+    /// the issuer URL) authenticate this client, with `federated_jwt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = SERVICE_ACCOUNTS_MAX_ITEMS), inner(length(min = 1, max = SERVICE_ACCOUNT_NAME_MAX_LENGTH), pattern(validation::DNS_LABEL_PATTERN)), transform = list_set)]
+    pub service_accounts: Option<Vec<String>>,
+
     /// Name of the Secret to write; default `<name>-oauth`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = SECRET_NAME_MAX_LENGTH), pattern(validation::DNS_SUBDOMAIN_PATTERN))]
@@ -166,12 +181,19 @@ pub struct OAuthClientSpec {
 }
 
 /// A token-endpoint client authentication method (RFC 6749 §2.3, RFC 7523).
+///
+/// `federated_jwt`: the client assertion (RFC 7523 §2.2) is a Kubernetes
+/// ServiceAccount token issued by the cluster's own service-account issuer,
+/// for a ServiceAccount the client lists in `spec.serviceAccounts`. Named
+/// after Keycloak's client authenticator for the same thing
+/// ("federated-jwt"; Entra calls it federated identity credentials).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMethod {
     ClientSecretBasic,
     ClientSecretPost,
     PrivateKeyJwt,
+    FederatedJwt,
 }
 
 impl AuthMethod {
@@ -180,6 +202,7 @@ impl AuthMethod {
             AuthMethod::ClientSecretBasic => "client_secret_basic",
             AuthMethod::ClientSecretPost => "client_secret_post",
             AuthMethod::PrivateKeyJwt => "private_key_jwt",
+            AuthMethod::FederatedJwt => "federated_jwt",
         }
     }
 }
@@ -338,6 +361,22 @@ impl OAuthClientSpec {
             _ => vec![AuthMethod::ClientSecretBasic, AuthMethod::ClientSecretPost],
         }
     }
+
+    /// Whether the client authenticates only with ServiceAccount tokens
+    /// (`federated_jwt` is its one method): the operator writes it no
+    /// Secret and no secret verifiers.
+    pub fn is_secretless(&self) -> bool {
+        self.auth_methods() == [AuthMethod::FederatedJwt]
+    }
+
+    /// The ServiceAccounts whose tokens authenticate this client: none
+    /// unless `federated_jwt` is one of its methods.
+    pub fn federated_service_accounts(&self) -> &[String] {
+        match &self.service_accounts {
+            Some(names) if self.auth_methods().contains(&AuthMethod::FederatedJwt) => names,
+            _ => &[],
+        }
+    }
 }
 
 impl OAuthClient {
@@ -374,6 +413,18 @@ fn spec_rules(schema: &mut Schema) {
         schema,
         "!has(self.jwks) || (has(self.authMethods) && self.authMethods.exists(m, m == 'private_key_jwt'))",
         JWKS_WITHOUT_PRIVATE_KEY_JWT_MESSAGE,
+        Some(".authMethods"),
+    );
+    add_rule(
+        schema,
+        "!has(self.authMethods) || !self.authMethods.exists(m, m == 'federated_jwt') || has(self.serviceAccounts)",
+        SERVICE_ACCOUNTS_REQUIRED_MESSAGE,
+        Some(".serviceAccounts"),
+    );
+    add_rule(
+        schema,
+        "!has(self.serviceAccounts) || (has(self.authMethods) && self.authMethods.exists(m, m == 'federated_jwt'))",
+        SERVICE_ACCOUNTS_WITHOUT_FEDERATED_JWT_MESSAGE,
         Some(".authMethods"),
     );
 }
@@ -458,6 +509,27 @@ mod tests {
             vec![AuthMethod::ClientSecretBasic, AuthMethod::ClientSecretPost]
         );
         assert!(!c.spec.disabled);
+        assert!(!c.spec.is_secretless());
+        assert!(c.spec.federated_service_accounts().is_empty());
+    }
+
+    #[test]
+    fn federated_service_accounts_need_the_method() {
+        let spec = |methods: serde_json::Value| -> OAuthClientSpec {
+            serde_json::from_value(serde_json::json!({
+                "authMethods": methods, "serviceAccounts": ["task-service"],
+            }))
+            .unwrap()
+        };
+        let only = spec(serde_json::json!(["federated_jwt"]));
+        assert!(only.is_secretless());
+        assert_eq!(only.federated_service_accounts(), ["task-service"]);
+        let mixed = spec(serde_json::json!(["federated_jwt", "client_secret_basic"]));
+        assert!(!mixed.is_secretless());
+        assert_eq!(mixed.federated_service_accounts(), ["task-service"]);
+        // serviceAccounts without the method (refused by the CRD) count for nothing.
+        let without = spec(serde_json::json!(["client_secret_post"]));
+        assert!(without.federated_service_accounts().is_empty());
     }
 
     #[test]

@@ -270,6 +270,26 @@ fn oauth_client_schema(spec: &OAuthClientSpec) -> Report {
             public_jwk_schema(&mut report, &format!("spec.jwks.keys[{index}]"), key);
         }
     }
+    if let Some(names) = &spec.service_accounts {
+        report.count(
+            "spec.serviceAccounts",
+            names.len(),
+            Some(1),
+            Some(oac::SERVICE_ACCOUNTS_MAX_ITEMS),
+        );
+        for (index, name) in names.iter().enumerate() {
+            report.string(
+                &format!("spec.serviceAccounts[{index}]"),
+                name,
+                StringRules {
+                    min_length: Some(1),
+                    max_length: Some(oac::SERVICE_ACCOUNT_NAME_MAX_LENGTH),
+                    pattern: Some(validation::DNS_LABEL),
+                },
+            );
+        }
+        report.set("spec.serviceAccounts", names, |s| quote(s));
+    }
     if let Some(name) = &spec.secret_name {
         report.string(
             "spec.secretName",
@@ -374,6 +394,24 @@ fn oauth_client_rules(spec: &OAuthClientSpec) -> Vec<FieldError> {
             "spec.authMethods",
             None,
             oac::JWKS_WITHOUT_PRIVATE_KEY_JWT_MESSAGE,
+        ));
+    }
+    let uses_federated_jwt = spec
+        .auth_methods
+        .as_ref()
+        .is_some_and(|methods| methods.contains(&crate::AuthMethod::FederatedJwt));
+    if uses_federated_jwt && spec.service_accounts.is_none() {
+        errors.push(rule_error(
+            "spec.serviceAccounts",
+            None,
+            oac::SERVICE_ACCOUNTS_REQUIRED_MESSAGE,
+        ));
+    }
+    if spec.service_accounts.is_some() && !uses_federated_jwt {
+        errors.push(rule_error(
+            "spec.authMethods",
+            None,
+            oac::SERVICE_ACCOUNTS_WITHOUT_FEDERATED_JWT_MESSAGE,
         ));
     }
     if let Some(ttl) = &spec.token_ttl {
@@ -712,6 +750,8 @@ mod tests {
         let mut oauth_client: Vec<String> = [
             "spec rule: jwks is required when authMethods contains private_key_jwt",
             "spec rule: jwks is only used with private_key_jwt: add it to authMethods",
+            "spec rule: serviceAccounts is required when authMethods contains federated_jwt",
+            "spec rule: serviceAccounts is only used with federated_jwt: add it to authMethods",
             "spec.additionalClaims maxProperties",
             "spec.additionalClaims rule: ",
             "spec.audiences maxItems",
@@ -751,6 +791,12 @@ mod tests {
             "spec.secretRotation.interval pattern",
             "spec.secretRotation.interval maxLength",
             "spec.secretRotation.interval rule: ",
+            "spec.serviceAccounts minItems",
+            "spec.serviceAccounts maxItems",
+            "spec.serviceAccounts x-kubernetes-list-type",
+            "spec.serviceAccounts[] pattern",
+            "spec.serviceAccounts[] minLength",
+            "spec.serviceAccounts[] maxLength",
             "spec.signingKey pattern",
             "spec.signingKey minLength",
             "spec.signingKey maxLength",

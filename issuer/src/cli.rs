@@ -252,6 +252,14 @@ pub struct ServeArgs {
     /// clients that stop reading). Must exceed --request-timeout.
     #[arg(long, env = "SIGIL_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: std::time::Duration,
+
+    /// federated_jwt (cluster mode): besides verifying a ServiceAccount
+    /// token offline, ask the API server with a TokenReview whether it is
+    /// still good, which catches deleted ServiceAccounts and pods. Results
+    /// are cached for 10 s (at most 10000). Needs RBAC `create` on
+    /// `tokenreviews`.
+    #[arg(long, env = "SIGIL_SERVICE_ACCOUNT_TOKEN_REVIEW")]
+    pub service_account_token_review: bool,
 }
 
 impl ServeArgs {
@@ -336,7 +344,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), RunError> {
         args.client_limits(),
     ));
     let metrics = Arc::new(Metrics::new());
-    let app = Arc::new(App::new(store.clone(), metrics.clone(), &args.settings())?);
+    let mut app = App::new(store.clone(), metrics.clone(), &args.settings())?;
     // The pod webhook, in cluster mode only (it needs the OAuthClient watch).
     let mut webhook = None;
 
@@ -368,6 +376,27 @@ pub async fn serve(args: ServeArgs) -> Result<(), RunError> {
         );
     } else {
         let client = kube::Client::try_default().await?;
+        let federation = Arc::new(crate::federation::Federation::new(
+            Box::new(crate::federation::ApiServerKeys(client.clone())),
+            args.service_account_token_review
+                .then(|| -> Box<dyn crate::federation::Reviewer> {
+                    Box::new(crate::federation::ApiServerReviewer(client.clone()))
+                }),
+            metrics.federation.clone(),
+        ));
+        // Learn the service-account issuer now rather than on the first
+        // federated request.
+        tokio::spawn({
+            let federation = federation.clone();
+            async move {
+                if federation.keys(None).await.is_none() {
+                    tracing::warn!(
+                        "federated_jwt clients cannot authenticate until the cluster's service-account issuer keys can be read"
+                    );
+                }
+            }
+        });
+        app.enable_federation(federation);
         let directory = Arc::new(ClientDirectory::default());
         webhook = Some(admission::router(Arc::new(AdmissionState {
             directory: directory.clone(),
@@ -383,6 +412,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), RunError> {
         ));
     }
 
+    let app = Arc::new(app);
     state::spawn_housekeeping(app.clone());
     let limits = args.limits();
     let tls = match (&args.tls_cert, &args.tls_key) {

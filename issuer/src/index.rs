@@ -3,7 +3,7 @@
 //! Cluster watchers and standalone mode both feed it; nothing here talks to
 //! the API server.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -77,6 +77,7 @@ pub struct AuthMethods {
     pub basic: bool,
     pub post: bool,
     pub private_key_jwt: bool,
+    pub federated_jwt: bool,
 }
 
 impl AuthMethods {
@@ -87,6 +88,7 @@ impl AuthMethods {
                 AuthMethod::ClientSecretBasic => out.basic = true,
                 AuthMethod::ClientSecretPost => out.post = true,
                 AuthMethod::PrivateKeyJwt => out.private_key_jwt = true,
+                AuthMethod::FederatedJwt => out.federated_jwt = true,
             }
         }
         out
@@ -97,6 +99,7 @@ impl AuthMethods {
             AuthMethod::ClientSecretBasic => self.basic,
             AuthMethod::ClientSecretPost => self.post,
             AuthMethod::PrivateKeyJwt => self.private_key_jwt,
+            AuthMethod::FederatedJwt => self.federated_jwt,
         }
     }
 }
@@ -121,6 +124,9 @@ pub struct ClientEntry {
     pub ttl: Duration,
     pub auth_methods: AuthMethods,
     pub jwks: Vec<ClientKey>,
+    /// ServiceAccounts (of the client's namespace) whose tokens
+    /// authenticate it (`federated_jwt`); empty without that method.
+    pub service_accounts: Vec<String>,
     pub disabled: bool,
     pub signing_key: Option<String>,
     /// `additionalClaims` as JSON members without the braces
@@ -288,6 +294,7 @@ impl ClientEntry {
             ttl: client.spec.token_ttl(),
             auth_methods: AuthMethods::from_list(&client.spec.auth_methods()),
             jwks,
+            service_accounts: client.spec.federated_service_accounts().to_vec(),
             disabled: client.spec.disabled,
             signing_key: client.spec.signing_key.clone(),
             additional_claims_json,
@@ -533,6 +540,10 @@ struct ClientIndex {
     by_object: HashMap<ObjectKey, String>,
     /// Objects not loaded because they exceed the client limits.
     over_limits: HashSet<ObjectKey>,
+    /// `federated_jwt`: ServiceAccount (namespace and name) → the client
+    /// objects that list it. At most `SERVICE_ACCOUNTS_MAX_ITEMS` entries
+    /// per loaded client.
+    by_service_account: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
 }
 
 impl ClientIndex {
@@ -541,11 +552,40 @@ impl ClientIndex {
         if let Some(client_id) = self.by_object.remove(object)
             && let Some(claims) = self.by_id.get_mut(&client_id)
         {
+            if let Some(entry) = claims.iter().find(|entry| &entry.object == object) {
+                for account in &entry.service_accounts {
+                    let key = ObjectKey {
+                        namespace: object.namespace.clone(),
+                        name: account.clone(),
+                    };
+                    if let Some(objects) = self.by_service_account.get_mut(&key) {
+                        objects.remove(object);
+                        if objects.is_empty() {
+                            self.by_service_account.remove(&key);
+                        }
+                    }
+                }
+            }
             claims.retain(|entry| &entry.object != object);
             if claims.is_empty() {
                 self.by_id.remove(&client_id);
             }
         }
+    }
+
+    /// The clients that list a ServiceAccount and own their client id (a
+    /// duplicate id's younger claimant gets nothing, as for every method).
+    fn for_service_account(&self, account: &ObjectKey) -> Vec<Arc<ClientEntry>> {
+        let Some(objects) = self.by_service_account.get(account) else {
+            return Vec::new();
+        };
+        objects
+            .iter()
+            .filter_map(|object| {
+                let owner = self.by_id.get(self.by_object.get(object)?)?.first()?;
+                (&owner.object == object).then(|| owner.clone())
+            })
+            .collect()
     }
 
     /// Loads a client, or drops it (and any older version of it) when it
@@ -571,6 +611,15 @@ impl ClientIndex {
         self.remove_object(&entry.object);
         self.by_object
             .insert(entry.object.clone(), entry.client_id.clone());
+        for account in &entry.service_accounts {
+            self.by_service_account
+                .entry(ObjectKey {
+                    namespace: entry.object.namespace.clone(),
+                    name: account.clone(),
+                })
+                .or_default()
+                .insert(entry.object.clone());
+        }
         let claims = self.by_id.entry(entry.client_id.clone()).or_default();
         claims.push(entry);
         claims.sort_by(|a, b| (a.created_at, &a.object).cmp(&(b.created_at, &b.object)));
@@ -642,6 +691,24 @@ impl Store {
             .by_id
             .get(client_id)
             .and_then(|claims| claims.first().cloned())
+    }
+
+    /// `federated_jwt`: the clients in `namespace` that list ServiceAccount
+    /// `name` and accept the method (each owning its client id), in object
+    /// order.
+    pub fn clients_for_service_account(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Vec<Arc<ClientEntry>> {
+        let index = self
+            .clients
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        index.for_service_account(&ObjectKey {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        })
     }
 
     pub fn client_count(&self) -> usize {

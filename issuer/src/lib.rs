@@ -4,11 +4,13 @@
 //! the operator and the agent never do.
 //!
 //! [`http`] serves requests from the [`index`]; [`source`] fills the index
-//! (cluster or standalone); [`inject`] is the pod webhook; [`state`] holds
+//! (cluster or standalone); [`federation`] checks ServiceAccount tokens
+//! (`federated_jwt`); [`inject`] is the pod webhook; [`state`] holds
 //! what handlers share; [`cli`] wires it all.
 
 pub mod audiences;
 pub mod cli;
+pub mod federation;
 pub mod http;
 pub mod index;
 pub mod inject;

@@ -67,6 +67,11 @@ pub struct Metrics {
     pub connections_idle_closed: Family<ListenerLabel, Counter>,
     pub connections_header_timeout: Family<ListenerLabel, Counter>,
     pub requests_timed_out: Family<ListenerLabel, Counter>,
+    /// `federated_jwt`: key fetches and TokenReviews.
+    pub federation: crate::federation::FederationMetrics,
+    /// TokenReview results cached (at most
+    /// `federation::REVIEW_CACHE_MAX_ENTRIES`).
+    pub token_review_cache_entries: Gauge,
 }
 
 impl Default for Metrics {
@@ -213,8 +218,27 @@ impl Metrics {
             "Requests answered 408 after --request-timeout, by listener",
             requests_timed_out.clone(),
         );
+        let federation = crate::federation::FederationMetrics::default();
+        registry.register(
+            "service_account_key_fetches",
+            "Fetches of the cluster's service-account issuer discovery and JWKS (federated_jwt), by result",
+            federation.key_fetches.clone(),
+        );
+        registry.register(
+            "token_reviews",
+            "TokenReviews of ServiceAccount tokens (federated_jwt, --service-account-token-review), by result: authenticated, rejected, error",
+            federation.token_reviews.clone(),
+        );
+        let token_review_cache_entries = Gauge::default();
+        registry.register(
+            "token_review_cache_entries",
+            "TokenReview results cached (at most 10000, each for at most 10 s)",
+            token_review_cache_entries.clone(),
+        );
         Metrics {
             registry,
+            federation,
+            token_review_cache_entries,
             clients_over_limits,
             remembered_assertions,
             assertions_refused_for_capacity,

@@ -71,6 +71,9 @@ pub struct App {
     /// Failed authentications not logged since the last summary line.
     pub unlogged_failures: AtomicU64,
     pub replay: ReplayCache,
+    /// `federated_jwt` (cluster mode): ServiceAccount tokens as client
+    /// assertions; `None` in standalone mode.
+    pub federation: Option<Arc<crate::federation::Federation>>,
     pub metrics: Arc<Metrics>,
     /// The discovery document while no OAuthResource declares scopes.
     pub metadata: Bytes,
@@ -100,7 +103,7 @@ impl App {
         warm_up_dummy_keys();
         Ok(App {
             store,
-            metadata: discovery::metadata_json(url, &[]),
+            metadata: discovery::metadata_json(url, &[], false),
             issuer_url: url.clone(),
             issuer: url.to_string(),
             base_path: url.path().to_owned(),
@@ -115,9 +118,16 @@ impl App {
                 settings.replay,
                 metrics.assertions_refused_for_capacity.clone(),
             ),
+            federation: None,
             metrics,
             draining: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Turns `federated_jwt` on (cluster mode), and advertises it.
+    pub fn enable_federation(&mut self, federation: Arc<crate::federation::Federation>) {
+        self.federation = Some(federation);
+        self.metadata = discovery::metadata_json(&self.issuer_url, &[], true);
     }
 
     /// Counts a failed authentication that is not logged.
@@ -154,6 +164,11 @@ impl App {
         self.metrics
             .remembered_assertions
             .set(self.replay.len() as i64);
+        if let Some(federation) = &self.federation {
+            self.metrics
+                .token_review_cache_entries
+                .set(federation.cached_reviews() as i64);
+        }
         self.metrics
             .failed_auth_tracked_sources
             .set(self.limiter.tracked_sources() as i64);

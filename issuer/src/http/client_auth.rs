@@ -556,7 +556,7 @@ fn check_assertion(
 
 /// RFC 7515 §4.1.11: a `crit` header names extensions the recipient must
 /// understand; Sigil understands none, so any `crit` is refused.
-fn has_crit_header(assertion: &str) -> bool {
+pub(crate) fn has_crit_header(assertion: &str) -> bool {
     let Some(encoded) = assertion.split('.').next() else {
         return true;
     };
@@ -672,6 +672,67 @@ pub fn authenticate_request(
         Err(error) if error.code == ErrorCode::InvalidClient => (error, None),
         Err(error) => return Err(error),
     };
+    Err(failed_authentication(app, request, error, claimed))
+}
+
+/// [`authenticate_request`], plus `federated_jwt` in cluster mode: an
+/// assertion whose `iss` is the cluster's service-account issuer is a
+/// ServiceAccount token, checked by [`crate::federation`] under the same
+/// one-method rule, failure budget and logging.
+pub async fn authenticate_form_request(
+    app: &App,
+    request: &FormRequest,
+    now: i64,
+) -> Result<Arc<ClientEntry>, OAuthError> {
+    if let Some(federation) = &app.federation
+        && let Some(assertion) = request.form.client_assertion.as_deref()
+        && federation.claims_our_issuer(assertion).await
+    {
+        let credentials = select_credentials(
+            request.authorization.as_ref().map(HeaderValue::as_bytes),
+            &request.form,
+        );
+        let (error, claimed) = match credentials {
+            Ok(credentials @ Credentials::Assertion { .. }) => {
+                let Credentials::Assertion {
+                    assertion,
+                    client_id,
+                } = &credentials
+                else {
+                    unreachable!("matched above")
+                };
+                match federation
+                    .authenticate(
+                        &app.store,
+                        assertion,
+                        client_id.as_deref(),
+                        &app.issuer,
+                        now,
+                    )
+                    .await
+                {
+                    Ok(client) => return Ok(client),
+                    Err(error) => (error, credentials.claimed_client_id()),
+                }
+            }
+            // Another method as well: select_credentials refused it.
+            Ok(_) => (OAuthError::authentication_failed(), None),
+            Err(error) if error.code == ErrorCode::InvalidClient => (error, None),
+            Err(error) => return Err(error),
+        };
+        return Err(failed_authentication(app, request, error, claimed));
+    }
+    authenticate_request(app, request, now)
+}
+
+/// Counts a failed authentication against its source and logs it within
+/// the budgets; the error to answer (429 once the source is over budget).
+fn failed_authentication(
+    app: &App,
+    request: &FormRequest,
+    error: OAuthError,
+    claimed: Option<String>,
+) -> OAuthError {
     let limited = app.limiter.record_failure(request.source);
     if limited.is_some_and(|over| !over.first) {
         app.suppress_failure_log("source_over_budget");
@@ -705,10 +766,10 @@ pub fn authenticate_request(
             );
         }
     }
-    Err(match limited {
+    match limited {
         Some(over) => OAuthError::rate_limited(over.retry_after),
         None => error,
-    })
+    }
 }
 
 #[cfg(test)]

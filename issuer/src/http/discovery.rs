@@ -13,10 +13,13 @@ use bytes::Bytes;
 use crate::http::client_auth::ASSERTION_ALGORITHMS;
 use crate::state::App;
 
-pub const AUTH_METHODS: [&str; 3] = [
+/// `federated_jwt`: a Kubernetes ServiceAccount token as the client
+/// assertion (`crate::federation`); advertised in cluster mode only.
+pub const AUTH_METHODS: [&str; 4] = [
     "client_secret_basic",
     "client_secret_post",
     "private_key_jwt",
+    "federated_jwt",
 ];
 /// Algorithms accepted for `private_key_jwt` assertions: the one list
 /// assertion checking uses.
@@ -29,9 +32,15 @@ pub const SIGNING_ALGORITHMS: [&str; 7] = [
 ];
 
 /// The metadata document (one for both well-known paths: RFC 8414 §3 and
-/// OIDC Discovery §4 share their members here).
-pub fn metadata_json(issuer: &IssuerUrl, scopes_supported: &[String]) -> Bytes {
+/// OIDC Discovery §4 share their members here). `federated`: whether
+/// `federated_jwt` works here (cluster mode).
+pub fn metadata_json(issuer: &IssuerUrl, scopes_supported: &[String], federated: bool) -> Bytes {
     let assertion_algorithms = assertion_algorithms();
+    let auth_methods: Vec<&str> = AUTH_METHODS
+        .iter()
+        .copied()
+        .filter(|m| federated || *m != "federated_jwt")
+        .collect();
     let mut document = serde_json::json!({
         "issuer": issuer.as_str(),
         "token_endpoint": issuer.token_endpoint(),
@@ -45,9 +54,9 @@ pub fn metadata_json(issuer: &IssuerUrl, scopes_supported: &[String]) -> Bytes {
         // credential there, so it advertises no flow Sigil lacks (as
         // "code" or "token" would).
         "response_types_supported": ["none"],
-        "token_endpoint_auth_methods_supported": AUTH_METHODS,
+        "token_endpoint_auth_methods_supported": auth_methods,
         "token_endpoint_auth_signing_alg_values_supported": assertion_algorithms,
-        "introspection_endpoint_auth_methods_supported": AUTH_METHODS,
+        "introspection_endpoint_auth_methods_supported": auth_methods,
         "introspection_endpoint_auth_signing_alg_values_supported": assertion_algorithms,
         // OIDC Discovery requires these even without ID tokens.
         "subject_types_supported": ["public"],
@@ -69,7 +78,13 @@ pub async fn metadata_endpoint(State(app): State<Arc<App>>) -> Response {
     } else {
         audiences
             .metadata
-            .get_or_init(|| metadata_json(&app.issuer_url, &audiences.scopes_supported))
+            .get_or_init(|| {
+                metadata_json(
+                    &app.issuer_url,
+                    &audiences.scopes_supported,
+                    app.federation.is_some(),
+                )
+            })
             .clone()
     };
     let mut response = Response::new(Body::from(body));

@@ -15,7 +15,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 
-use crate::http::client_auth::authenticate_request;
+use crate::http::client_auth::authenticate_form_request;
 use crate::http::error::{ErrorCode, OAuthError, no_store_json};
 use crate::http::form::read_form_request;
 use crate::http::token::unix_now;
@@ -129,7 +129,7 @@ pub async fn introspect_endpoint(State(app): State<Arc<App>>, request: Request) 
     let result = async {
         let request = read_form_request(request).await?;
         let now = unix_now();
-        let caller = authenticate_request(&app, &request, now)?;
+        let caller = authenticate_form_request(&app, &request, now).await?;
         if caller.disabled {
             // As the token endpoint: a disabled client may do nothing.
             return Err(OAuthError::new(

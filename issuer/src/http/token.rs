@@ -15,7 +15,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 
-use super::client_auth::authenticate_request;
+use super::client_auth::authenticate_form_request;
 use super::form::{TokenForm, read_form_request};
 use crate::audiences::TokenShape;
 use crate::http::error::{ErrorCode, OAuthError, no_store_json};
@@ -246,7 +246,7 @@ pub async fn token_endpoint(State(app): State<Arc<App>>, request: Request) -> Re
         let request = read_form_request(request).await?;
         check_grant_type(&request.form)?;
         let now = unix_now();
-        let client = authenticate_request(&app, &request, now)?;
+        let client = authenticate_form_request(&app, &request, now).await?;
         let (token, expires_in, scope) = issue(&app, &client, &request.form, now)?;
         Ok::<_, OAuthError>(token_response_body(&token, expires_in, &scope))
     }

@@ -37,6 +37,9 @@ pub struct ClientDirectory {
     synced: AtomicBool,
 }
 
+/// Why a pod naming a `federated_jwt`-only client is refused.
+pub const SECRETLESS_NOT_INJECTED: &str = "the client authenticates with ServiceAccount tokens only (federated_jwt) and has no Secret to inject; the webhook cannot inject such clients yet: mount a projected ServiceAccount token with the issuer URL as audience and send it as client_assertion";
+
 /// The webhook's view of one OAuthClient: Ready only when the operator
 /// says so, with its reason and message otherwise.
 pub fn client_view(client: &OAuthClient) -> ClientView {
@@ -47,6 +50,10 @@ pub fn client_view(client: &OAuthClient) -> ClientView {
             .find(|c| c.type_ == CONDITION_READY)
     });
     let ready = match ready {
+        // Its workloads need a projected ServiceAccount token, which the
+        // webhook does not mount yet: refuse clearly rather than admit a pod
+        // waiting forever for a Secret that is never written.
+        _ if client.spec.is_secretless() => Err(SECRETLESS_NOT_INJECTED.to_owned()),
         Some(condition) if condition.status == "True" => Ok(()),
         Some(condition) => Err(format!("{}: {}", condition.reason, condition.message)),
         None => Err("the operator has not reconciled it yet".to_owned()),
@@ -441,6 +448,15 @@ mod tests {
             name: "web".into(),
         });
         assert!(directory.lookup("tasks", "web").is_none());
+        // A secretless client has no Secret to mount: refused, saying why.
+        let mut secretless = oauth_client("sa", condition("True", "CredentialsReady", "ok"));
+        secretless.spec.auth_methods = Some(vec![sigil_crds::AuthMethod::FederatedJwt]);
+        secretless.spec.service_accounts = Some(vec!["sa".into()]);
+        directory.upsert(&secretless);
+        assert_eq!(
+            directory.lookup("tasks", "sa").unwrap().ready,
+            Err(SECRETLESS_NOT_INJECTED.to_owned())
+        );
     }
 
     #[test]

@@ -295,6 +295,13 @@ pub fn load_clients(store: &Store, clients: &[OAuthClient], secrets: &BTreeMap<S
             tracing::warn!(client_id = %id, first = %previous, "duplicate client id in the manifests; the first one keeps it");
             continue;
         }
+        if client
+            .spec
+            .auth_methods()
+            .contains(&AuthMethod::FederatedJwt)
+        {
+            tracing::warn!(client_id = %id, "federated_jwt needs a cluster's service-account issuer: in standalone mode this client cannot authenticate with it");
+        }
         store.upsert_client(&with_verifier(client, secrets));
     }
 }

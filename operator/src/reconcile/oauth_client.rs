@@ -549,6 +549,10 @@ async fn reconcile_client(oac: &OAuthClient, ctx: &Context) -> Result<Action> {
         }
     };
 
+    if oac.spec.is_secretless() {
+        return reconcile_secretless(oac, ctx, &clients, &secrets, &status, now).await;
+    }
+
     // Metadata first; data only of a Secret this very client controls.
     let existing = match read_secret_for(&secrets, &secret_name, oac).await? {
         SecretFor::Missing => None,
@@ -781,6 +785,62 @@ async fn reconcile_client(oac: &OAuthClient, ctx: &Context) -> Result<Action> {
         Some(due) => Action::requeue(until(now, due)),
         None => Action::await_change(),
     })
+}
+
+/// A client whose only method is `federated_jwt`: its workloads prove
+/// themselves with ServiceAccount tokens, so there is no secret to generate
+/// and no Secret to write (one this client wrote under an earlier spec is
+/// deleted: its secret no longer works). Status and grant as for any client.
+async fn reconcile_secretless(
+    oac: &OAuthClient,
+    ctx: &Context,
+    clients: &Api<OAuthClient>,
+    secrets: &Api<Secret>,
+    status: &OAuthClientStatus,
+    now: Timestamp,
+) -> Result<Action> {
+    let name = oac.name_any();
+    let generation = oac.metadata.generation;
+    let secret_name = oac.secret_name();
+    delete_owned_secret(secrets, &secret_name, oac).await?;
+    if let Some(old_name) = status
+        .secret_name
+        .as_ref()
+        .filter(|old| **old != secret_name)
+    {
+        delete_owned_secret(secrets, old_name, oac).await?;
+    }
+    let accounts = oac.spec.federated_service_accounts().join(", ");
+    let (ready, reason, message) = if oac.spec.disabled {
+        (
+            false,
+            Reason::Disabled,
+            "spec.disabled is true: the issuer grants no tokens".to_owned(),
+        )
+    } else {
+        (
+            true,
+            Reason::CredentialsReady,
+            format!(
+                "no client secret: authenticates with tokens of ServiceAccount(s) {accounts} (federated_jwt)"
+            ),
+        )
+    };
+    let grant = ctx.grants.effective(oac).await?;
+    let granted_condition = granted_condition(&status.conditions, &grant, generation, now);
+    let new_status = OAuthClientStatus {
+        client_id: Some(oac.client_id()),
+        observed_generation: generation,
+        conditions: vec![
+            ready_condition(&status.conditions, ready, reason, message, generation, now),
+            granted_condition,
+        ],
+        grant: Some(grant.clone()),
+        ..OAuthClientStatus::default()
+    };
+    write_status(clients, &name, status, new_status).await?;
+    announce_grant_change(ctx, oac, status.grant.as_ref(), &grant).await;
+    Ok(Action::await_change())
 }
 
 /// Deletes `name` if it is a Secret this OAuthClient controls, deciding
