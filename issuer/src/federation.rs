@@ -120,13 +120,7 @@ pub fn check_claims(
     if claims.iss.as_deref() != Some(service_account_issuer) {
         return Err("the ServiceAccount token's iss is not the cluster's service-account issuer");
     }
-    let audience_ok = match &claims.aud {
-        Some(serde_json::Value::String(aud)) => aud == audience,
-        Some(serde_json::Value::Array(auds)) => {
-            matches!(auds.as_slice(), [serde_json::Value::String(aud)] if aud == audience)
-        }
-        _ => false,
-    };
+    let audience_ok = crate::http::client_auth::audience_is_only(claims.aud.as_ref(), audience);
     if !audience_ok {
         return Err("the ServiceAccount token's aud must be the issuer URL alone");
     }

@@ -16,27 +16,6 @@ use serde_json::json;
 use sigil_crds::{OAuthClient, OAuthResource, SigningKey};
 use sigil_tests::cluster::TestCluster;
 
-async fn apply<K>(client: &kube::Client, namespace: &str, manifest: serde_json::Value)
-where
-    K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    let name = manifest["metadata"]["name"]
-        .as_str()
-        .expect("name")
-        .to_owned();
-    Api::<K>::namespaced(client.clone(), namespace)
-        .patch(
-            &name,
-            &PatchParams::apply("sigil-e2e").force(),
-            &Patch::Apply(&manifest),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("applying {namespace}/{name}: {e}"));
-}
-
 fn resource(name: &str, audience: &str, grants: serde_json::Value) -> serde_json::Value {
     json!({
         "apiVersion": "sigil.dev/v1alpha1",

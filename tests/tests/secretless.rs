@@ -10,8 +10,6 @@
 
 mod issuer_support;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -25,61 +23,6 @@ use sigil_crds::{OAuthClient, SigningKey};
 use sigil_tests::cluster::{Component, ControlPlane, Options, TestCluster};
 
 const JWT_BEARER: &str = "urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer";
-
-/// The operator process, killed on drop.
-struct OperatorProcess(Child);
-
-impl Drop for OperatorProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_operator(
-    kubeconfig: &Path,
-    namespace: &str,
-    watch: &[&str],
-    issuer_url: &str,
-    log: &Path,
-) -> OperatorProcess {
-    let log_file = std::fs::File::create(log).expect("operator log");
-    let child = Command::new(sigil_tests::binary("operator"))
-        .args(["--issuer-url", issuer_url, "--namespace", namespace])
-        .args(["--watch-namespaces", &watch.join(",")])
-        .args(["--unclaimed-audiences", "open"])
-        .args(["--health-listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--lease-name", &format!("sigil-operator-{namespace}")])
-        .env("KUBECONFIG", kubeconfig)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone().expect("log"))
-        .stderr(log_file)
-        .spawn()
-        .expect("starting the operator");
-    OperatorProcess(child)
-}
-
-async fn apply<K>(client: &kube::Client, namespace: &str, manifest: serde_json::Value)
-where
-    K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    let name = manifest["metadata"]["name"]
-        .as_str()
-        .expect("name")
-        .to_owned();
-    Api::<K>::namespaced(client.clone(), namespace)
-        .patch(
-            &name,
-            &PatchParams::apply("sigil-e2e").force(),
-            &Patch::Apply(&manifest),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("applying {namespace}/{name}: {e}"));
-}
 
 async fn service_account(client: &kube::Client, namespace: &str, name: &str) {
     apply::<ServiceAccount>(
@@ -263,11 +206,12 @@ async fn service_account_tokens_authenticate_the_client_that_lists_them_and_noth
         )],
         &scratch.0.join("issuer.log"),
     );
-    let _operator = start_operator(
+    let _operator = OperatorProcess::start(
         cluster.kubeconfig(),
         &sigil,
         &[&tasks, &other],
         &issuer.base_url,
+        &["--unclaimed-audiences", "open"],
         &scratch.0.join("operator.log"),
     );
     issuer.wait_ready(Duration::from_secs(60)).await;
@@ -588,11 +532,12 @@ async fn an_api_server_key_rotation_is_followed_and_a_rotated_out_key_is_refused
         &[("KUBECONFIG", kubeconfig.to_str().expect("utf8 path"))],
         &scratch.0.join("issuer.log"),
     );
-    let _operator = start_operator(
+    let _operator = OperatorProcess::start(
         &kubeconfig,
         ns,
         &[ns],
         &issuer.base_url,
+        &["--unclaimed-audiences", "open"],
         &scratch.0.join("operator.log"),
     );
     issuer.wait_ready(Duration::from_secs(60)).await;

@@ -510,15 +510,7 @@ fn check_assertion(
     if claims.sub.as_deref() != Some(client_id) {
         return Err(failed());
     }
-    // draft-ietf-oauth-rfc7523bis §4: the audience is the issuer identifier
-    // as a string, or an array with that one element.
-    let audience_ok = match &claims.aud {
-        Some(serde_json::Value::String(aud)) => aud == issuer,
-        Some(serde_json::Value::Array(auds)) => {
-            matches!(auds.as_slice(), [serde_json::Value::String(aud)] if aud == issuer)
-        }
-        _ => false,
-    };
+    let audience_ok = audience_is_only(claims.aud.as_ref(), issuer);
     if !audience_ok {
         return Err(OAuthError::new(
             ErrorCode::InvalidClient,
@@ -769,6 +761,19 @@ fn failed_authentication(
     match limited {
         Some(over) => OAuthError::rate_limited(over.retry_after),
         None => error,
+    }
+}
+
+/// draft-ietf-oauth-rfc7523bis §4: the audience is `expected` as a string,
+/// or an array with that one element. A token meant for several audiences
+/// could be replayed to Sigil by any of them.
+pub(crate) fn audience_is_only(aud: Option<&serde_json::Value>, expected: &str) -> bool {
+    match aud {
+        Some(serde_json::Value::String(aud)) => aud == expected,
+        Some(serde_json::Value::Array(auds)) => {
+            matches!(auds.as_slice(), [serde_json::Value::String(aud)] if aud == expected)
+        }
+        _ => false,
     }
 }
 

@@ -538,3 +538,25 @@ impl OperatorProcess {
         OperatorProcess(child)
     }
 }
+
+/// Server-side applies a namespaced manifest (field manager `sigil-e2e`).
+pub async fn apply<K>(client: &kube::Client, namespace: &str, manifest: serde_json::Value)
+where
+    K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let name = manifest["metadata"]["name"]
+        .as_str()
+        .expect("name")
+        .to_owned();
+    kube::Api::<K>::namespaced(client.clone(), namespace)
+        .patch(
+            &name,
+            &kube::api::PatchParams::apply("sigil-e2e").force(),
+            &kube::api::Patch::Apply(&manifest),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("applying {namespace}/{name}: {e}"));
+}
