@@ -349,9 +349,11 @@ async fn webhook_injects_credentials_through_the_api_server() {
         })
     };
     apply(&client, &ns, client_manifest("task-service", None)).await;
-    apply(&client, &ns, client_manifest("first", Some("shared-id"))).await;
+    // Both in this namespace's id form, so only the duplicate rule decides.
+    let shared_id = format!("shared-id.{ns}");
+    apply(&client, &ns, client_manifest("first", Some(&shared_id))).await;
     wait_ready_condition(&client, &ns, "first", "True").await;
-    apply(&client, &ns, client_manifest("second", Some("shared-id"))).await;
+    apply(&client, &ns, client_manifest("second", Some(&shared_id))).await;
     wait_ready_condition(&client, &ns, "task-service", "True").await;
     let reason = wait_ready_condition(&client, &ns, "second", "False").await;
     assert_eq!(reason, "DuplicateClientId");
