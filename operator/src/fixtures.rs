@@ -336,6 +336,7 @@ const OAUTH_CLIENT_STATUS: &str =
     "/apis/sigil.dev/v1alpha1/namespaces/tasks/oauthclients/svc/status";
 const SIGNING_KEY_STATUS: &str =
     "/apis/sigil.dev/v1alpha1/namespaces/tasks/signingkeys/ring/status";
+const SIGNING_KEY: &str = "/apis/sigil.dev/v1alpha1/namespaces/tasks/signingkeys/ring";
 
 impl ApiServerVerifier {
     /// Expects a metadata-only GET of Secret `name`, answered with the
@@ -786,6 +787,12 @@ async fn a_new_ring_stores_its_key_before_status_names_it() {
     let (ctx, mut api) = test_context();
     let sk = signing_key();
     let run = tokio::spawn(signing_key::reconcile(Arc::new(sk.clone()), ctx.clone()));
+    // The SigningKey is read fresh: the watch cache may lag its own status.
+    let current = serde_json::to_value(&sk).expect("json");
+    api.expect(Method::GET, SIGNING_KEY, |_| {
+        json_response(StatusCode::OK, &current)
+    })
+    .await;
 
     api.expect_secret_metadata("ring-keys", None).await;
     let apply = api
@@ -851,6 +858,12 @@ async fn a_key_secret_that_is_not_ours_is_refused_unread() {
         "data": { "kid": "LS0tLS1CRUdJTg==" },
     });
     let run = tokio::spawn(signing_key::reconcile(Arc::new(sk.clone()), ctx.clone()));
+    // The SigningKey is read fresh: the watch cache may lag its own status.
+    let current = serde_json::to_value(&sk).expect("json");
+    api.expect(Method::GET, SIGNING_KEY, |_| {
+        json_response(StatusCode::OK, &current)
+    })
+    .await;
 
     api.expect_secret_metadata("ring-keys", Some(&theirs)).await;
     let status = api

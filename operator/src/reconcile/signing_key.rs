@@ -102,9 +102,24 @@ async fn reconcile_ring(sk: &SigningKey, ctx: &Context) -> Result<Action> {
         .ok_or_else(|| Error::Invalid("SigningKey without a namespace".to_owned()))?;
     let name = sk.name_any();
     let now = Timestamp::now();
-    let generation = sk.metadata.generation;
     let api: Api<SigningKey> = Api::namespaced(ctx.client.clone(), &namespace);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    // Plan from the SigningKey as the API server has it now, not as the
+    // watch cache does: the cache may not hold this operator's own last
+    // status write yet, and a reconcile triggered by its own Secret write
+    // then saw an empty ring and made another first key, dropping the one
+    // just stored (a cold CI run made four in 60 ms).
+    let Some(fresh) = api.get_opt(&name).await.map_err(Error::kube(format!(
+        "reading SigningKey {namespace}/{name}"
+    )))?
+    else {
+        return Ok(Action::await_change());
+    };
+    if fresh.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let sk = &fresh;
+    let generation = sk.metadata.generation;
     let secret_name = sk.secret_name();
     let status = sk.status.clone().unwrap_or_default();
     let algorithm = sk.spec.algorithm;
