@@ -20,9 +20,12 @@ use sigil_crds::{EffectiveGrant, OAuthClient, OAuthResource};
 use crate::context::Error;
 
 /// How long a reconcile waits for the first list of OAuthResources and
-/// Namespaces before it fails (and is retried): granting from a partial
-/// list would deny, then grant, and tell users so in Events.
-const FIRST_LIST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Namespaces before it fails and is retried with the usual backoff
+/// (granting from a partial list would deny, then grant, and tell users so
+/// in Events). Short: a waiting reconcile can hold up the watches it waits
+/// for (a 10 s wait held the first reconciles after a leader change for
+/// the full 10 s on a cold CI run); the retry finds the lists done.
+const FIRST_LIST_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub struct GrantSources {
     pub resources: Store<OAuthResource>,
