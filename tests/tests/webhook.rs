@@ -140,8 +140,11 @@ impl Sigil {
             .expect("issuer ready (watches synced, active key)");
     }
 
+    /// Crashes the issuer (SIGKILL: a graceful stop keeps serving through
+    /// its shutdown delay, which could hide the outage from the agent) and
+    /// starts it again `down_for` later.
     async fn restart_issuer(&mut self, cluster: &TestCluster, down_for: Duration) {
-        self.issuer.stop().await;
+        self.issuer.kill().await;
         tokio::time::sleep(down_for).await;
         self.issuer = start_issuer(cluster, &self.dir, &self.issuer_args);
         self.wait_issuer_ready().await;
