@@ -617,19 +617,11 @@ fn verify_signature(
     validation.validate_nbf = false;
     validation.validate_aud = false;
     validation.set_required_spec_claims::<&str>(&[]);
-    keys.iter()
-        .filter(|key| {
-            header
-                .kid
-                .as_ref()
-                .is_none_or(|kid| key.kid.as_ref() == Some(kid))
-                && key.algorithm.is_none_or(|alg| alg == header.alg)
-        })
-        .find_map(|key| {
-            jsonwebtoken::decode::<ServiceAccountClaims>(assertion, &key.key, &validation)
-                .ok()
-                .map(|data| data.claims)
-        })
+    crate::http::client_auth::keys_for(keys, header).find_map(|key| {
+        jsonwebtoken::decode::<ServiceAccountClaims>(assertion, &key.key, &validation)
+            .ok()
+            .map(|data| data.claims)
+    })
 }
 
 #[cfg(test)]

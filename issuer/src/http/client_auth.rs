@@ -478,16 +478,7 @@ fn check_assertion(
     validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
     validation.set_issuer(&[client_id]);
     validation.sub = Some(client_id.to_owned());
-    let mut candidates = keys
-        .iter()
-        .filter(|key| {
-            header
-                .kid
-                .as_ref()
-                .is_none_or(|kid| key.kid.as_ref() == Some(kid))
-                && key.algorithm.is_none_or(|alg| alg == header.alg)
-        })
-        .peekable();
+    let mut candidates = keys_for(keys, &header).peekable();
     let mut verified = None;
     if candidates.peek().is_none() {
         if let Some(dummy) = dummy_key(header.alg) {
@@ -775,6 +766,22 @@ pub(crate) fn audience_is_only(aud: Option<&serde_json::Value>, expected: &str) 
         }
         _ => false,
     }
+}
+
+/// The keys that may have signed a JWS with `header`: its `kid` when it
+/// names one, and only keys whose own `alg` (when they name one) is the
+/// header's. One rule for client assertions and ServiceAccount tokens.
+pub(crate) fn keys_for<'a>(
+    keys: &'a [ClientKey],
+    header: &'a jsonwebtoken::Header,
+) -> impl Iterator<Item = &'a ClientKey> {
+    keys.iter().filter(|key| {
+        header
+            .kid
+            .as_ref()
+            .is_none_or(|kid| key.kid.as_ref() == Some(kid))
+            && key.algorithm.is_none_or(|alg| alg == header.alg)
+    })
 }
 
 #[cfg(test)]
