@@ -117,6 +117,18 @@ where
     Ok(Action::await_change())
 }
 
+/// The refusal for a Secret that exists and is not `owner_kind`'s: never
+/// read, written or deleted. `fix` says what the user can do.
+pub fn secret_conflict(secret_name: &str, owner_kind: &str, fix: &str) -> Refusal {
+    Refusal {
+        reason: Reason::SecretConflict,
+        action: "WriteSecret",
+        message: format!(
+            "Secret {secret_name} exists and is not managed by this {owner_kind}; {fix}"
+        ),
+    }
+}
+
 pub fn floor_second(t: Timestamp) -> Timestamp {
     Timestamp::from_second(t.as_second()).unwrap_or(t)
 }

@@ -40,7 +40,7 @@ use sigil_crds::{
 
 use super::{
     Refusal, SecretFor, condition, floor_second, read_secret_for, ready_condition, refuse,
-    secret_owned_by, until, write_status,
+    secret_conflict, secret_owned_by, until, write_status,
 };
 use crate::FIELD_MANAGER;
 use crate::context::{Context, Error, Result, jitter};
@@ -558,13 +558,11 @@ async fn reconcile_client(oac: &OAuthClient, ctx: &Context) -> Result<Action> {
         SecretFor::Missing => None,
         SecretFor::Owned(secret) => Some(*secret),
         SecretFor::Foreign => {
-            let refusal = Refusal {
-                reason: Reason::SecretConflict,
-                action: "WriteSecret",
-                message: format!(
-                    "Secret {secret_name} exists and is not managed by this OAuthClient; delete it or set spec.secretName"
-                ),
-            };
+            let refusal = secret_conflict(
+                &secret_name,
+                "OAuthClient",
+                "delete it or set spec.secretName",
+            );
             return refuse(ctx, oac, &clients, (&status, status.clone()), refusal, now).await;
         }
     };

@@ -30,7 +30,9 @@ use sigil_crds::{
     SigningKey, SigningKeyStatus, annotations,
 };
 
-use super::{Refusal, SecretFor, read_secret_for, ready_condition, refuse, until, write_status};
+use super::{
+    SecretFor, read_secret_for, ready_condition, refuse, secret_conflict, until, write_status,
+};
 use crate::FIELD_MANAGER;
 use crate::context::{Context, Error, Result};
 
@@ -129,13 +131,7 @@ async fn reconcile_ring(sk: &SigningKey, ctx: &Context) -> Result<Action> {
         SecretFor::Missing => None,
         SecretFor::Owned(secret) => Some(*secret),
         SecretFor::Foreign => {
-            let refusal = Refusal {
-                reason: Reason::SecretConflict,
-                action: "WriteSecret",
-                message: format!(
-                    "Secret {secret_name} exists and is not managed by this SigningKey; delete it"
-                ),
-            };
+            let refusal = secret_conflict(&secret_name, "SigningKey", "delete it");
             return refuse(ctx, sk, &api, (&status, status.clone()), refusal, now).await;
         }
     };
