@@ -36,7 +36,7 @@ done
 # was tried with. Another installed version is replaced.
 CARGO_FUZZ_VERSION=0.13.2
 if [ "$(cargo +nightly fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
-  cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --force
+  cargo install cargo-fuzz --version "=$CARGO_FUZZ_VERSION" --locked --force
 fi
 
 # One build of every target (debug assertions on, so overflows panic);
