@@ -343,7 +343,7 @@ pub async fn java_verifier() -> String {
 
 /// Runs a verifier command; returns its JSON report (and panics with its
 /// output if it printed none).
-async fn run_json(mut command: tokio::process::Command, what: &str) -> serde_json::Value {
+pub async fn run_json(mut command: tokio::process::Command, what: &str) -> serde_json::Value {
     let output = command
         .stdin(Stdio::null())
         .output()
