@@ -77,6 +77,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// The discovery document while no OAuthResource declares scopes.
     pub metadata: Bytes,
+    /// `/openapi.json` (`crate::http::openapi`).
+    pub openapi: Bytes,
     pub issuer_url: IssuerUrl,
     /// Set on the stop signal: /readyz fails from then on.
     draining: std::sync::atomic::AtomicBool,
@@ -104,6 +106,7 @@ impl App {
         Ok(App {
             store,
             metadata: discovery::metadata_json(url, &[], false),
+            openapi: crate::http::openapi::document_json(url),
             issuer_url: url.clone(),
             issuer: url.to_string(),
             base_path: url.path().to_owned(),

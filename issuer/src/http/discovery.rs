@@ -70,6 +70,13 @@ pub fn metadata_json(issuer: &IssuerUrl, scopes_supported: &[String], federated:
     Bytes::from(document.to_string())
 }
 
+/// Authorization server metadata (RFC 8414; also served as OpenID Connect
+/// discovery).
+#[utoipa::path(
+    get,
+    path = "/.well-known/openid-configuration",
+    responses((status = 200, description = "The metadata", body = super::openapi::Metadata))
+)]
 pub async fn metadata_endpoint(State(app): State<Arc<App>>) -> Response {
     // Serialized once per change of the OAuthResources.
     let audiences = app.store.audiences();

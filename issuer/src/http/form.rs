@@ -99,20 +99,28 @@ pub fn parse_form(body: &[u8]) -> Result<TokenForm, OAuthError> {
     Ok(form)
 }
 
+/// Every parameter [`parse_form`] reads (the OpenAPI document lists each).
+pub const PARAMETERS: [&str; 10] = [
+    "grant_type",
+    "scope",
+    "audience",
+    "resource",
+    "client_id",
+    "client_secret",
+    "client_assertion_type",
+    "client_assertion",
+    "token",
+    "token_type_hint",
+];
+
 /// A `&'static str` for a parameter we matched, so error texts never copy
 /// request bytes.
 fn known_parameter_name(name: &str) -> &'static str {
-    match name {
-        "grant_type" => "grant_type",
-        "scope" => "scope",
-        "client_id" => "client_id",
-        "client_secret" => "client_secret",
-        "client_assertion_type" => "client_assertion_type",
-        "client_assertion" => "client_assertion",
-        "token" => "token",
-        "token_type_hint" => "token_type_hint",
-        _ => "parameter",
-    }
+    PARAMETERS
+        .iter()
+        .find(|known| **known == name)
+        .copied()
+        .unwrap_or("parameter")
 }
 
 /// What the handlers need from the HTTP request.

@@ -125,6 +125,22 @@ fn inspect(
     Some(serde_json::Value::Object(members))
 }
 
+/// Token introspection (RFC 7662).
+#[utoipa::path(
+    post,
+    path = "/oauth2/introspect",
+    request_body(content = super::openapi::IntrospectionRequest, content_type = "application/x-www-form-urlencoded"),
+    security((), ("client_secret_basic" = [])),
+    responses(
+        (status = 200, description = "Whether the token is active, and its claims if the caller may see them", body = super::openapi::IntrospectionResponse),
+        (status = 400, description = "A malformed request", body = super::openapi::ErrorResponse),
+        (status = 401, description = "Client authentication failed", body = super::openapi::ErrorResponse),
+        (status = 408, description = "The body was not sent in time"),
+        (status = 413, description = "The body is larger than 64 KiB", body = super::openapi::ErrorResponse),
+        (status = 429, description = "Too many failed authentications from this address (Retry-After)", body = super::openapi::ErrorResponse),
+        (status = 503, description = "Over capacity", body = super::openapi::ErrorResponse),
+    )
+)]
 pub async fn introspect_endpoint(State(app): State<Arc<App>>, request: Request) -> Response {
     let result = async {
         let request = read_form_request(request).await?;

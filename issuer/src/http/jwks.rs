@@ -10,6 +10,15 @@ use axum::response::Response;
 
 use crate::state::App;
 
+/// The published signing keys (RFC 7517), with an ETag.
+#[utoipa::path(
+    get,
+    path = "/.well-known/jwks.json",
+    responses(
+        (status = 200, description = "The key set", body = super::openapi::JwkSet, content_type = "application/jwk-set+json"),
+        (status = 304, description = "Unchanged since the If-None-Match ETag"),
+    )
+)]
 pub async fn jwks_endpoint(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     let document = app.store.jwks();
     let not_modified = headers

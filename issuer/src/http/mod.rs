@@ -9,6 +9,7 @@ pub mod error;
 pub mod form;
 pub mod introspect;
 pub mod jwks;
+pub mod openapi;
 pub mod ratelimit;
 pub mod serve;
 mod slots;
@@ -46,6 +47,10 @@ pub fn api_router(app: Arc<App>) -> Router {
         .route(
             &format!("{base}{OAUTH_METADATA_PATH}"),
             get(discovery::metadata_endpoint),
+        )
+        .route(
+            &format!("{base}{}", openapi::OPENAPI_PATH),
+            get(openapi_endpoint),
         );
     if !base.is_empty() {
         // RFC 8414 §3.1: the well-known segment goes before the path.
@@ -55,6 +60,16 @@ pub fn api_router(app: Arc<App>) -> Router {
         );
     }
     router.with_state(app)
+}
+
+/// The OpenAPI document, serialized once at startup.
+async fn openapi_endpoint(State(app): State<Arc<App>>) -> Response {
+    let mut response = Response::new(Body::from(app.openapi.clone()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// `/healthz`, `/readyz`, `/metrics` (DESIGN.md §6, separate port).

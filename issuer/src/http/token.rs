@@ -240,6 +240,22 @@ pub fn issue(
     Ok((token, shape.lifetime.as_secs(), scopes.join(" ")))
 }
 
+/// The client-credentials grant (RFC 6749 §4.4).
+#[utoipa::path(
+    post,
+    path = "/oauth2/token",
+    request_body(content = super::openapi::TokenRequest, content_type = "application/x-www-form-urlencoded"),
+    security((), ("client_secret_basic" = [])),
+    responses(
+        (status = 200, description = "An access token", body = super::openapi::TokenResponse),
+        (status = 400, description = "A malformed request, or a grant this client does not hold", body = super::openapi::ErrorResponse),
+        (status = 401, description = "Client authentication failed", body = super::openapi::ErrorResponse),
+        (status = 408, description = "The body was not sent in time"),
+        (status = 413, description = "The body is larger than 64 KiB", body = super::openapi::ErrorResponse),
+        (status = 429, description = "Too many failed authentications from this address (Retry-After)", body = super::openapi::ErrorResponse),
+        (status = 503, description = "Not ready (no active signing key) or over capacity", body = super::openapi::ErrorResponse),
+    )
+)]
 pub async fn token_endpoint(State(app): State<Arc<App>>, request: Request) -> Response {
     let started = Instant::now();
     let result = async {
