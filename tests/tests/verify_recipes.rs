@@ -58,14 +58,6 @@ fn recipe_dir(language: &str) -> PathBuf {
         .join(language)
 }
 
-fn cache_dir() -> PathBuf {
-    std::env::var_os("SIGIL_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/sigil")
-        })
-}
-
 static GO: OnceCell<PathBuf> = OnceCell::const_new();
 static NODE: OnceCell<()> = OnceCell::const_new();
 static PYTHON: OnceCell<PathBuf> = OnceCell::const_new();
@@ -103,56 +95,13 @@ async fn node_recipe() {
     .await;
 }
 
-/// A virtualenv under the cache with docs/verify/python/requirements.txt
-/// installed by hash; keyed by the file's content, so a changed pin gets a
-/// fresh one. Returns its python.
+/// A virtualenv with docs/verify/python/requirements.txt; returns its python.
 async fn python_recipe() -> PathBuf {
     PYTHON
         .get_or_init(|| async {
-            let requirements = recipe_dir("python").join("requirements.txt");
-            let pins = std::fs::read(&requirements).expect("requirements.txt");
-            // Any stable digest will do for a cache key.
-            let key = {
-                use std::hash::{Hash, Hasher};
-                let mut hasher = std::hash::DefaultHasher::new();
-                pins.hash(&mut hasher);
-                hasher.finish()
-            };
-            let venv = cache_dir().join(format!("verify-python-{key:016x}"));
-            let python = venv.join("bin/python");
-            if !venv.join(".complete").exists() {
-                let _ = std::fs::remove_dir_all(&venv);
-                let run = |program: PathBuf, args: Vec<String>| async move {
-                    let status = tokio::process::Command::new(&program)
-                        .args(&args)
-                        .status()
-                        .await
-                        .unwrap_or_else(|e| panic!("running {}: {e}", program.display()));
-                    assert!(status.success(), "{} {args:?} failed", program.display());
-                };
-                run(
-                    "python3".into(),
-                    vec!["-m".into(), "venv".into(), venv.display().to_string()],
-                )
-                .await;
-                run(
-                    python.clone(),
-                    vec![
-                        "-m".into(),
-                        "pip".into(),
-                        "install".into(),
-                        "--quiet".into(),
-                        "--disable-pip-version-check".into(),
-                        "--require-hashes".into(),
-                        "--only-binary=:all:".into(),
-                        "-r".into(),
-                        requirements.display().to_string(),
-                    ],
-                )
-                .await;
-                std::fs::write(venv.join(".complete"), b"").expect("venv marker");
-            }
-            python
+            python_venv(&recipe_dir("python").join("requirements.txt"))
+                .await
+                .join("python")
         })
         .await
         .clone()

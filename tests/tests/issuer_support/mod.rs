@@ -360,6 +360,63 @@ pub async fn run_json(mut command: tokio::process::Command, what: &str) -> serde
     })
 }
 
+/// `${SIGIL_CACHE:-~/.cache/sigil}`: tools installed for the tests.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("SIGIL_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/sigil")
+        })
+}
+
+/// A virtualenv under the cache with `requirements` installed by hash
+/// (`--require-hashes --only-binary=:all:`: nothing is resolved or built);
+/// keyed by the file's content, so a changed pin gets a fresh one. Returns
+/// its `bin` folder.
+pub async fn python_venv(requirements: &Path) -> PathBuf {
+    let pins = std::fs::read(requirements).expect("requirements file");
+    // Any stable digest will do for a cache key.
+    let key = {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        pins.hash(&mut hasher);
+        hasher.finish()
+    };
+    let venv = cache_dir().join(format!("venv-{key:016x}"));
+    let bin = venv.join("bin");
+    if venv.join(".complete").exists() {
+        return bin;
+    }
+    let _ = std::fs::remove_dir_all(&venv);
+    let run = |command: &mut tokio::process::Command| {
+        let shown = format!("{command:?}");
+        let status = command.stdin(Stdio::null()).status();
+        async move {
+            let status = status
+                .await
+                .unwrap_or_else(|e| panic!("running {shown}: {e}"));
+            assert!(status.success(), "{shown} failed");
+        }
+    };
+    run(tokio::process::Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv))
+    .await;
+    run(tokio::process::Command::new(bin.join("python"))
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(["--require-hashes", "--only-binary=:all:", "-r"])
+        .arg(requirements))
+    .await;
+    std::fs::write(venv.join(".complete"), b"").expect("venv marker");
+    bin
+}
+
 /// What the interop verifiers are asked to do.
 pub struct VerifyRun<'a> {
     pub token_url: &'a str,
