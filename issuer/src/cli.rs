@@ -31,7 +31,19 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
     #[command(flatten)]
+    pub log: LogArgs,
+    #[command(flatten)]
     pub serve: ServeArgs,
+}
+
+/// The log flag of the server and of every subcommand.
+#[derive(clap::Args, Debug)]
+pub struct LogArgs {
+    /// Log format: json (one object per line) or text; the operator takes
+    /// the same flag. Text by default, as `issuer` is also run by hand
+    /// (standalone, `token`); the chart sets it.
+    #[arg(long, global = true, env = sigil_crds::logging::LOG_FORMAT_ENV, value_enum, default_value_t = sigil_crds::logging::LogFormat::Text)]
+    pub log_format: sigil_crds::logging::LogFormat,
 }
 
 /// Subcommands other than serving.
