@@ -15,6 +15,7 @@
 pub mod backoff;
 pub mod conditions;
 pub mod grant;
+pub mod logging;
 pub mod oauth_client;
 pub mod oauth_resource;
 pub mod ring;

@@ -31,7 +31,21 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
     #[command(flatten)]
+    pub log: LogArgs,
+    #[command(flatten)]
     pub serve: ServeArgs,
+}
+
+/// The log flag of the server and of every subcommand.
+#[derive(clap::Args, Debug)]
+pub struct LogArgs {
+    /// Log format: json (one object per line) or text; the operator takes
+    /// the same flag. Text by default, as `issuer` is also run by hand
+    /// (standalone, `token`); the chart sets it. For `agent` and `token`
+    /// give it after the subcommand (`issuer token --log-format json`), as
+    /// server flags before a subcommand are refused.
+    #[arg(long, global = true, env = sigil_crds::logging::LOG_FORMAT_ENV, value_enum, default_value_t = sigil_crds::logging::LogFormat::Text)]
+    pub log_format: sigil_crds::logging::LogFormat,
 }
 
 /// Subcommands other than serving.
@@ -486,4 +500,35 @@ async fn drain_on_signal(app: &App, delay: std::time::Duration) {
         "stop signal: not ready any more, serving until the delay ends"
     );
     tokio::time::sleep(delay).await;
+}
+
+#[cfg(test)]
+mod log_flag_tests {
+    use super::*;
+    use clap::{CommandFactory, FromArgMatches};
+    use sigil_crds::logging::LogFormat;
+
+    /// How `main` reads it: from the matches of the server or a subcommand.
+    fn log_format(args: &[&str]) -> Result<LogFormat, clap::Error> {
+        let matches = Cli::command().try_get_matches_from(args)?;
+        Ok(LogArgs::from_arg_matches(&matches)?.log_format)
+    }
+
+    #[test]
+    fn the_log_format_flag_serves_the_server_and_the_subcommands() {
+        let serve = ["issuer", "--issuer-url", "https://sigil.example"];
+        assert_eq!(log_format(&serve).unwrap(), LogFormat::Text);
+        let json = [&serve[..], &["--log-format", "json"]].concat();
+        assert_eq!(log_format(&json).unwrap(), LogFormat::Json);
+        let token = [
+            "issuer",
+            "token",
+            "--credentials-dir",
+            "/x",
+            "--log-format",
+            "json",
+        ];
+        assert_eq!(log_format(&token).unwrap(), LogFormat::Json);
+        assert!(log_format(&[&serve[..], &["--log-format", "xml"]].concat()).is_err());
+    }
 }

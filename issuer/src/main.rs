@@ -1,22 +1,14 @@
 use clap::{CommandFactory, FromArgMatches};
 use sigil_agent::{print_token, run_agent};
-use sigil_issuer::cli::{Cli, Command, ServeArgs, serve};
+use sigil_issuer::cli::{Cli, Command, LogArgs, ServeArgs, serve};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     // kube and the HTTPS server both use rustls; pick the one provider.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        // Colour codes only for people, never in log files and collectors.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let matches = Cli::command().get_matches();
+    let log = LogArgs::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    sigil_crds::logging::init(log.log_format);
     // Build only what was asked for: the derived `Cli` would demand the
     // server's required flags (--issuer-url) from `agent` and `token` too.
     let result = if matches.subcommand_name().is_some() {

@@ -3,9 +3,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use sigil_core::IssuerUrl;
 use sigil_crds::grant::UnclaimedAudiences;
+pub use sigil_crds::logging::LogFormat;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -58,8 +59,9 @@ pub struct Args {
     #[arg(long, env = "SIGIL_CONCURRENCY", default_value_t = 32)]
     pub concurrency: u16,
 
-    /// Log format.
-    #[arg(long, env = "SIGIL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    /// Log format: json (one object per line) or text; the issuer takes
+    /// the same flag.
+    #[arg(long, env = sigil_crds::logging::LOG_FORMAT_ENV, value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
 
     /// Make the issuer's CA and serving certificate, renew and rotate them,
@@ -121,12 +123,6 @@ fn parse_lifetime(value: &str) -> Result<Duration, String> {
         return Err(format!("{value:?} must be more than zero"));
     }
     Ok(parsed)
-}
-
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Json,
-    Text,
 }
 
 #[cfg(test)]

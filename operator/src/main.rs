@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use anyhow::Context as _;
 use clap::Parser;
 use futures::FutureExt;
-use sigil_operator::config::{Args, LogFormat};
+use sigil_operator::config::Args;
 use sigil_operator::health::{self, Health};
 use sigil_operator::metrics::Metrics;
 use sigil_operator::{controller, leader, webhook_tls};
@@ -19,27 +19,13 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    init_logging(args.log_format);
+    sigil_crds::logging::init(args.log_format);
     match run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "operator stopped");
             std::process::ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
     }
 }
 

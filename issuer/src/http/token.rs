@@ -240,6 +240,14 @@ pub fn issue(
     Ok((token, shape.lifetime.as_secs(), scopes.join(" ")))
 }
 
+/// Target of the per-request log line (`client_id`, `result`, `status`,
+/// `latency_ms`), at `debug`: enable it with
+/// `RUST_LOG=info,sigil_issuer::request=debug`. Off by default, because at
+/// thousands of tokens a second a line each is the cost of the request
+/// itself; failed authentications are logged at `info` anyway, within
+/// their own budget.
+pub const REQUEST_LOG_TARGET: &str = "sigil_issuer::request";
+
 /// The client-credentials grant (RFC 6749 §4.4).
 #[utoipa::path(
     post,
@@ -258,32 +266,41 @@ pub fn issue(
 )]
 pub async fn token_endpoint(State(app): State<Arc<App>>, request: Request) -> Response {
     let started = Instant::now();
+    // Only an authenticated client's id goes into the request line: a
+    // claimed one is request input, logged (capped and budgeted) by the
+    // failed-authentication line.
+    let mut authenticated: Option<Arc<ClientEntry>> = None;
     let result = async {
         let request = read_form_request(request).await?;
         check_grant_type(&request.form)?;
         let now = unix_now();
         let client = authenticate_form_request(&app, &request, now).await?;
+        authenticated = Some(client.clone());
         let (token, expires_in, scope) = issue(&app, &client, &request.form, now)?;
         Ok::<_, OAuthError>(token_response_body(&token, expires_in, &scope))
     }
     .await;
-    let response = match result {
-        Ok(body) => {
-            app.metrics.count_token("success");
-            no_store_json(StatusCode::OK, body)
-        }
+    let (response, result) = match result {
+        Ok(body) => (no_store_json(StatusCode::OK, body), "success"),
         Err(error) => {
             let result = if error.status() == StatusCode::TOO_MANY_REQUESTS {
                 "rate_limited"
             } else {
                 error.code.as_str()
             };
-            app.metrics.count_token(result);
-            error.into_response()
+            (error.into_response(), result)
         }
     };
-    app.metrics
-        .token_latency
-        .observe(started.elapsed().as_secs_f64());
+    app.metrics.count_token(result);
+    let latency = started.elapsed();
+    app.metrics.token_latency.observe(latency.as_secs_f64());
+    tracing::debug!(
+        target: REQUEST_LOG_TARGET,
+        client_id = %cap(authenticated.as_ref().map_or("-", |c| c.client_id.as_str())),
+        result,
+        status = response.status().as_u16(),
+        latency_ms = latency.as_secs_f64() * 1000.0,
+        "token request"
+    );
     response
 }
