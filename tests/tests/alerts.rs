@@ -504,7 +504,8 @@ async fn each_alert_fires_in_a_real_prometheus_when_its_condition_is_made_true()
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
 
     // The issuer's default ring, and `stuck`, whose key is due to be
-    // replaced 45 s after it activates: once active, its Secret is made
+    // replaced 60 s after it activates (the healthy baseline below must be
+    // over by then): once active, its Secret is made
     // someone else's (its owner reference removed), which the operator
     // refuses to write, so the rotation cannot happen.
     apply::<SigningKey>(&client, &ns, signing_key("default", json!({}))).await;
@@ -513,7 +514,7 @@ async fn each_alert_fires_in_a_real_prometheus_when_its_condition_is_made_true()
         &ns,
         signing_key(
             "stuck",
-            json!({"rotationInterval": "45s", "prePublish": "5s", "retireAfter": "5s"}),
+            json!({"rotationInterval": "60s", "prePublish": "5s", "retireAfter": "5s"}),
         ),
     )
     .await;
@@ -545,9 +546,9 @@ async fn each_alert_fires_in_a_real_prometheus_when_its_condition_is_made_true()
         .keys
         .iter()
         .find(|k| k.state == sigil_crds::KeyState::Active)
-        .expect("active")
-        .kid
-        .clone();
+        .expect("active");
+    let stuck_due = stuck_active.activates_at.0 + jiff::SignedDuration::from_secs(60);
+    let stuck_active = stuck_active.kid.clone();
 
     let rules = rules_without_for(
         &std::fs::read_to_string(chart_file("files/alerts.yaml")).expect("alerts.yaml"),
@@ -572,6 +573,10 @@ async fn each_alert_fires_in_a_real_prometheus_when_its_condition_is_made_true()
         prometheus.alerts().await,
         vec![],
         "alerts active while everything is healthy"
+    );
+    assert!(
+        jiff::Timestamp::now() < stuck_due,
+        "the healthy check ended after stuck's rotation was due ({stuck_due}): too slow to tell"
     );
 
     // Every metric the rules and the dashboard name is one the binaries
@@ -676,7 +681,7 @@ async fn each_alert_fires_in_a_real_prometheus_when_its_condition_is_made_true()
         .wait_firing(
             "SigilKeyRotationOverdue",
             &[("signingkey", "stuck")],
-            Duration::from_secs(60),
+            Duration::from_secs(90),
         )
         .await;
     assert_eq!(firing.len(), 1, "only stuck is overdue: {firing:?}");
