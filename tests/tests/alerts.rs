@@ -204,6 +204,13 @@ fn chart_ships_the_tested_rules_and_the_dashboard() {
         .filter_map(|d| d["metadata"]["labels"]["app.kubernetes.io/component"].as_str())
         .collect();
     assert_eq!(components, ["issuer", "operator"]);
+    // .helmignore leaves the promtool tests (charts/sigil/tests/) out of
+    // the package, but not the `helm test` hook in templates/tests/.
+    assert!(
+        docs.iter()
+            .any(|d| d["metadata"]["annotations"]["helm.sh/hook"] == "test"),
+        "the helm test hook is not rendered"
+    );
     let relabel = &find("ServiceMonitor")["spec"]["endpoints"][0]["relabelings"][0];
     assert_eq!(relabel["targetLabel"], "job");
     assert_eq!(relabel["replacement"], "sigil-$1");
