@@ -14,6 +14,10 @@ SIGIL_CONTROL_PLANE_BIN="$(bash hack/build-control-plane.sh | tail -n 1)"
 export SIGIL_CONTROL_PLANE_BIN
 SIGIL_IMAGES_DIR="$(bash hack/images.sh | tail -n 1)"
 export SIGIL_IMAGES_DIR
+# Prometheus and promtool (Debian's package, unpacked into the cache) for
+# the alert tests.
+SIGIL_PROMETHEUS_BIN="$(bash hack/install-prometheus.sh | tail -n 1)"
+export SIGIL_PROMETHEUS_BIN
 
 # The e2e tests run the operator and issuer binaries as child processes; a
 # running `cargo test` holds the build lock, so build them first.
@@ -27,7 +31,7 @@ cargo test --workspace --locked "$@"
 # state (containerd, its shims, kubelet) in $TMPDIR/sigil-node.
 node_dir="${TMPDIR:-/tmp}/sigil-node"
 leftovers() {
-  pgrep -a -f "sigil-cp-|sigil-node/|target/debug/(operator|issuer)( |$)" || true
+  pgrep -a -f "sigil-cp-|sigil-node/|target/debug/(operator|issuer)( |$)|prometheus-[^/]*/bin/prometheus" || true
   grep -F " $node_dir" /proc/self/mountinfo | awk '{print "mount " $5}' || true
   [ -e /sys/class/net/sigil0 ] && echo "bridge sigil0"
   for table in filter nat mangle; do

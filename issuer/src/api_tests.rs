@@ -1558,30 +1558,36 @@ async fn readyz_needs_synced_caches_and_an_active_key() {
             .await
         }
     };
+    // /readyz, and sigil_issuer_ready (what the IssuerNotReady alert reads)
+    // saying the same thing.
+    let readiness = || async {
+        let status = get("/readyz").await.status;
+        let metrics = String::from_utf8(get("/metrics").await.raw).expect("utf8");
+        let gauge = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("sigil_issuer_ready "))
+            .map(str::to_owned);
+        (status, gauge)
+    };
+    let not_ready = (StatusCode::SERVICE_UNAVAILABLE, Some("0".to_owned()));
     assert_eq!(get("/healthz").await.status, StatusCode::OK);
-    assert_eq!(get("/readyz").await.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(readiness().await, not_ready);
     store.mark_synced();
-    assert_eq!(
-        get("/readyz").await.status,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "no key yet"
-    );
+    assert_eq!(readiness().await, not_ready, "no key yet");
     store.set_ring(ring_with_keys(
         "default",
         SigningAlgorithm::ES256,
         &[KeyState::Pending],
     ));
-    assert_eq!(
-        get("/readyz").await.status,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "pending only"
-    );
+    assert_eq!(readiness().await, not_ready, "pending only");
     store.set_ring(ring_with_keys(
         "default",
         SigningAlgorithm::ES256,
         &[KeyState::Active],
     ));
-    assert_eq!(get("/readyz").await.status, StatusCode::OK);
+    assert_eq!(readiness().await, (StatusCode::OK, Some("1".to_owned())));
+    app.start_draining();
+    assert_eq!(readiness().await, not_ready, "stopping");
 }
 
 #[tokio::test]

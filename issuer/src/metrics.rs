@@ -28,6 +28,21 @@ pub struct ListenerLabel {
     pub listener: &'static str,
 }
 
+/// Every `result` of `sigil_issuer_token_requests_total`: `success`,
+/// `rate_limited` (429 for a source over its failed-authentication budget)
+/// and the OAuth error codes (`http::error::ErrorCode`).
+pub const TOKEN_RESULTS: [&str; 9] = [
+    "success",
+    "rate_limited",
+    "invalid_request",
+    "invalid_client",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+    "invalid_target",
+    "server_error",
+];
+
 pub struct Metrics {
     registry: Registry,
     pub token_requests: Family<ResultLabel, Counter>,
@@ -35,6 +50,10 @@ pub struct Metrics {
     pub introspection_requests: Family<ResultLabel, Counter>,
     pub clients: Gauge,
     pub published_keys: Gauge,
+    /// 1 while /readyz answers 200 (caches synced, the default SigningKey
+    /// has an active key, not stopping), else 0: what the IssuerNotReady
+    /// alert reads, since a scrape of an unready replica still succeeds.
+    pub ready: Gauge,
     /// 1 while every watch is connected to the API server; 0 while the
     /// issuer serves from its caches only. Always 1 in standalone mode.
     pub apiserver_connected: Gauge,
@@ -84,6 +103,13 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("sigil_issuer");
         let token_requests = Family::<ResultLabel, Counter>::default();
+        // Every result exists from the start at 0: `rate()` sees a series'
+        // first increase only if an earlier sample exists, so without this
+        // the first burst of failures after a restart (often the one that
+        // matters) would be invisible to the alerts.
+        for result in TOKEN_RESULTS {
+            let _ = token_requests.get_or_create(&ResultLabel { result });
+        }
         registry.register(
             "token_requests",
             "Token endpoint requests by result (success or the OAuth error code)",
@@ -115,6 +141,12 @@ impl Metrics {
             "signing_keys",
             "Signing keys published in the JWKS (pending, active and retired)",
             published_keys.clone(),
+        );
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 while /readyz answers 200 (caches synced, the default signing key has an active key, not stopping), else 0",
+            ready.clone(),
         );
         let apiserver_connected = Gauge::default();
         registry.register(
@@ -249,6 +281,7 @@ impl Metrics {
             introspection_requests,
             clients,
             published_keys,
+            ready,
             apiserver_connected,
             watch_errors,
             undecodable_objects,
@@ -299,5 +332,35 @@ impl Metrics {
         // Encoding into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_token_result_is_exported_at_zero_before_any_request() {
+        let text = Metrics::new().encode();
+        for result in TOKEN_RESULTS {
+            let line = format!("sigil_issuer_token_requests_total{{result=\"{result}\"}} 0");
+            assert!(text.contains(&line), "missing {line}:\n{text}");
+        }
+    }
+
+    #[test]
+    fn token_results_name_every_oauth_error_code() {
+        use crate::http::error::ErrorCode;
+        for code in [
+            ErrorCode::InvalidRequest,
+            ErrorCode::InvalidClient,
+            ErrorCode::UnauthorizedClient,
+            ErrorCode::UnsupportedGrantType,
+            ErrorCode::InvalidScope,
+            ErrorCode::InvalidTarget,
+            ErrorCode::ServerError,
+        ] {
+            assert!(TOKEN_RESULTS.contains(&code.as_str()), "{code:?}");
+        }
     }
 }

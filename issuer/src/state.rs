@@ -157,6 +157,7 @@ impl App {
 
     /// Refreshes gauges from the store (called before each scrape).
     pub fn update_gauges(&self) {
+        self.metrics.ready.set(i64::from(self.is_ready()));
         self.metrics.clients.set(self.store.client_count() as i64);
         self.metrics
             .published_keys

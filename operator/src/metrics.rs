@@ -43,6 +43,12 @@ pub struct KeyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RingLabels {
+    pub namespace: String,
+    pub signingkey: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReadyLabels {
     pub ready: &'static str,
 }
@@ -61,6 +67,8 @@ pub struct Metrics {
     pub reconcile_duration: HistogramFamily,
     pub reconcile_failures: Family<FailureLabels, Counter>,
     pub signing_keys: Family<KeyLabels, Gauge>,
+    /// When each ring's active key is due to stop signing.
+    pub rotation_due: Family<RingLabels, Gauge>,
     pub oauth_clients: Family<ReadyLabels, Gauge>,
     pub leader: Gauge,
     pub skipped_objects: Family<KindLabels, Counter>,
@@ -104,6 +112,12 @@ impl Metrics {
             "Keys in each SigningKey ring, by state",
             signing_keys.clone(),
         );
+        let rotation_due = Family::<RingLabels, Gauge>::default();
+        registry.register(
+            "signing_key_rotation_due_timestamp_seconds",
+            "When the active key of each SigningKey is due to stop signing (Unix time): its successor's activation, else its activation plus rotationInterval. Absent while a ring has no active key",
+            rotation_due.clone(),
+        );
         let oauth_clients = Family::<ReadyLabels, Gauge>::default();
         registry.register(
             "oauth_clients",
@@ -135,6 +149,7 @@ impl Metrics {
             reconcile_duration,
             reconcile_failures,
             signing_keys,
+            rotation_due,
             oauth_clients,
             leader,
             skipped_objects,
@@ -208,9 +223,18 @@ impl Metrics {
             .set(unknown);
 
         self.signing_keys.clear();
+        self.rotation_due.clear();
         for key in signing_keys.state() {
             let namespace = key.namespace().unwrap_or_default();
             let name = key.name_any();
+            if let Some(due) = rotation_due(&key) {
+                self.rotation_due
+                    .get_or_create(&RingLabels {
+                        namespace: namespace.clone(),
+                        signingkey: name.clone(),
+                    })
+                    .set(due.as_second());
+            }
             for (state, label) in [
                 (sigil_crds::KeyState::Pending, "Pending"),
                 (sigil_crds::KeyState::Active, "Active"),
@@ -231,6 +255,25 @@ impl Metrics {
             }
         }
     }
+}
+
+/// When the active key of `key`'s ring is due to stop signing: the
+/// activation of its scheduled successor, else its own activation plus
+/// `rotationInterval` (the successor is made `prePublish` before that).
+/// `None` without an active key. A healthy operator keeps this in the
+/// future; one that cannot rotate lets it pass (KeyRotationOverdue).
+pub fn rotation_due(key: &SigningKey) -> Option<jiff::Timestamp> {
+    let active = key
+        .status
+        .as_ref()?
+        .keys
+        .iter()
+        .find(|k| k.state == sigil_crds::KeyState::Active)?;
+    if let Some(retires_at) = &active.retires_at {
+        return Some(retires_at.0);
+    }
+    let interval = jiff::SignedDuration::try_from(key.spec.rotation_interval()).ok()?;
+    active.activates_at.0.checked_add(interval).ok()
 }
 
 #[cfg(test)]
@@ -261,5 +304,71 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    fn ring(spec: serde_json::Value, keys: serde_json::Value) -> SigningKey {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "sigil.dev/v1alpha1",
+            "kind": "SigningKey",
+            "metadata": {"name": "default", "namespace": "sigil-system"},
+            "spec": spec,
+            "status": {"keys": keys},
+        }))
+        .expect("a SigningKey")
+    }
+
+    #[test]
+    fn rotation_is_due_one_interval_after_activation_or_when_the_successor_activates() {
+        let key = |kid: &str, state: &str, activates: &str, retires: Option<&str>| {
+            let mut k = serde_json::json!({
+                "kid": kid, "state": state,
+                "createdAt": "2026-01-01T00:00:00Z", "activatesAt": activates,
+            });
+            if let Some(r) = retires {
+                k["retiresAt"] = r.into();
+            }
+            k
+        };
+        let only_active = ring(
+            serde_json::json!({"rotationInterval": "48h"}),
+            serde_json::json!([key("a", "Active", "2026-01-02T00:00:00Z", None)]),
+        );
+        assert_eq!(
+            rotation_due(&only_active).map(|t| t.to_string()),
+            Some("2026-01-04T00:00:00Z".to_owned())
+        );
+        // The default interval (720h) when the spec names none.
+        let default_interval = ring(
+            serde_json::json!({}),
+            serde_json::json!([key("a", "Active", "2026-01-01T00:00:00Z", None)]),
+        );
+        assert_eq!(
+            rotation_due(&default_interval).map(|t| t.to_string()),
+            Some("2026-01-31T00:00:00Z".to_owned())
+        );
+        // A forced rotation scheduled the successor earlier than that.
+        let successor_scheduled = ring(
+            serde_json::json!({"rotationInterval": "48h"}),
+            serde_json::json!([
+                key(
+                    "a",
+                    "Active",
+                    "2026-01-02T00:00:00Z",
+                    Some("2026-01-02T06:00:00Z")
+                ),
+                key("b", "Pending", "2026-01-02T06:00:00Z", None),
+            ]),
+        );
+        assert_eq!(
+            rotation_due(&successor_scheduled).map(|t| t.to_string()),
+            Some("2026-01-02T06:00:00Z".to_owned())
+        );
+        let no_active = ring(
+            serde_json::json!({}),
+            serde_json::json!([key("b", "Pending", "2026-01-02T06:00:00Z", None)]),
+        );
+        assert_eq!(rotation_due(&no_active), None);
+        let no_status = ring(serde_json::json!({}), serde_json::json!([]));
+        assert_eq!(rotation_due(&no_status), None);
     }
 }
