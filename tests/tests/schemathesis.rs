@@ -66,6 +66,9 @@ async fn schemathesis_finds_no_server_error_or_undocumented_response() {
         .args(["--seed", "1"])
         .args(["--auth", &format!("{CLIENT_ID}:{secret}")])
         .env("NO_COLOR", "1")
+        // Its failure cache (.schemathesis/) goes to the scratch folder,
+        // not into the repository.
+        .current_dir(&standalone.scratch.0)
         .stdin(std::process::Stdio::null())
         .output()
         .await
