@@ -1,5 +1,7 @@
-//! Reading client credentials from a folder as kubelet mounts a Secret, and
-//! writing files atomically.
+//! Reading client credentials from a folder as kubelet mounts a Secret (or,
+//! for a secretless client, a projected volume of its ConfigMap and the
+//! pod's ServiceAccount token: the same layout, with `service_account_token`
+//! where a Secret has `client_secret`), and writing files atomically.
 //!
 //! Kubelet's layout: the data lives in a hidden `..<timestamp>` folder,
 //! `..data` is a symlink to it, and each key is a symlink `key ->
@@ -40,6 +42,10 @@ pub enum CredentialsError {
     NotText { path: PathBuf },
     #[error("the credentials in {dir} kept changing while being read")]
     Unstable { dir: PathBuf },
+    #[error(
+        "the credentials folder {dir} has neither a client_secret nor a service_account_token file"
+    )]
+    NoProof { dir: PathBuf },
 }
 
 /// One file of the credentials folder, to mirror into the output folder.
@@ -63,11 +69,21 @@ impl std::fmt::Debug for CredentialFile {
     }
 }
 
+/// How the client proves itself.
+#[derive(Clone, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// `client_secret` (client_secret_basic).
+    Secret(String),
+    /// `service_account_token` (federated_jwt): read again before every
+    /// request from `path`, since kubelet rotates it in place.
+    ServiceAccountToken { path: PathBuf },
+}
+
 /// What the agent needs to ask for a token.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     pub client_id: String,
-    pub client_secret: String,
+    pub auth: ClientAuth,
     pub token_url: String,
     /// PEM CA bundle for the token URL, if one is given.
     pub ca_pem: Option<Vec<u8>>,
@@ -79,7 +95,15 @@ impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credentials")
             .field("client_id", &self.client_id)
-            .field("client_secret", &"<redacted>")
+            .field(
+                "auth",
+                &match &self.auth {
+                    ClientAuth::Secret(_) => "client_secret <redacted>".to_owned(),
+                    ClientAuth::ServiceAccountToken { path } => {
+                        format!("service_account_token at {}", path.display())
+                    }
+                },
+            )
             .field("token_url", &self.token_url)
             .field("ca_pem", &self.ca_pem.is_some())
             .field("files", &self.files)
@@ -216,13 +240,47 @@ fn parse(
             .find(|f| f.name == CA_FILE)
             .map(|f| f.contents.clone()),
     };
+    let has = |key: &str| files.iter().any(|f| f.name == key);
+    let auth = if has(secret_keys::CLIENT_SECRET) {
+        ClientAuth::Secret(text(secret_keys::CLIENT_SECRET)?)
+    } else if has(secret_keys::SERVICE_ACCOUNT_TOKEN) {
+        // Through the folder's own link, not this version's data folder:
+        // the next read sees kubelet's next token.
+        ClientAuth::ServiceAccountToken {
+            path: dir.join(secret_keys::SERVICE_ACCOUNT_TOKEN),
+        }
+    } else {
+        return Err(CredentialsError::NoProof {
+            dir: dir.to_owned(),
+        });
+    };
     Ok(Credentials {
         client_id: text(secret_keys::CLIENT_ID)?,
-        client_secret: text(secret_keys::CLIENT_SECRET)?,
+        auth,
         token_url: text(secret_keys::TOKEN_URL)?,
         ca_pem,
         files,
     })
+}
+
+/// The ServiceAccount token at `path` as it is now (kubelet replaces it at
+/// 80% of its lifetime), trimmed; never logged.
+pub fn service_account_token(path: &Path) -> Result<String, CredentialsError> {
+    let bytes = fs::read(path).map_err(|source| CredentialsError::File {
+        path: path.to_owned(),
+        source,
+    })?;
+    let token = String::from_utf8(bytes).map_err(|_| CredentialsError::NotText {
+        path: path.to_owned(),
+    })?;
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(CredentialsError::Missing {
+            dir: path.parent().map(Path::to_owned).unwrap_or_default(),
+            key: secret_keys::SERVICE_ACCOUNT_TOKEN,
+        });
+    }
+    Ok(token.to_owned())
 }
 
 pub use sigil_core::fs::write_atomically;
@@ -295,7 +353,7 @@ mod tests {
         kubelet_write(dir.path(), "2026_11_22_08_00_00.1", &as_refs(&secret("s1")));
         let (creds, v1) = read(dir.path(), None).unwrap();
         assert_eq!(creds.client_id, "web.tasks");
-        assert_eq!(creds.client_secret, "s1");
+        assert!(creds.auth == ClientAuth::Secret("s1".into()));
         assert_eq!(creds.token_url, "https://sigil.example/oauth2/token");
         assert_eq!(creds.ca_pem, None);
         let names: Vec<&str> = creds.files.iter().map(|f| f.name.as_str()).collect();
@@ -305,7 +363,7 @@ mod tests {
         kubelet_write(dir.path(), "2026_11_22_08_01_00.2", &as_refs(&secret("s2")));
         assert_ne!(version(dir.path()).unwrap(), v1);
         let (creds, _) = read(dir.path(), None).unwrap();
-        assert_eq!(creds.client_secret, "s2");
+        assert!(creds.auth == ClientAuth::Secret("s2".into()));
     }
 
     #[test]
@@ -326,7 +384,49 @@ mod tests {
         fs::remove_file(dir.path().join("client_secret")).unwrap();
         assert_ne!(version(dir.path()).unwrap(), v1);
         let error = read(dir.path(), None).unwrap_err().to_string();
-        assert!(error.contains("no client_secret file"), "{error}");
+        assert!(
+            error.contains("neither a client_secret nor a service_account_token file"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_projected_service_account_token_is_the_proof_and_is_read_fresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = [
+            ("client_id", "worker.tasks"),
+            ("token_url", "https://sigil.example/oauth2/token"),
+            ("ca.crt", "PEM"),
+            ("service_account_token", "sa-token-1\n"),
+        ];
+        kubelet_write(dir.path(), "2026_11_22_08_00_00.1", &data);
+        let (creds, v1) = read(dir.path(), None).unwrap();
+        let ClientAuth::ServiceAccountToken { path } = &creds.auth else {
+            panic!("not a ServiceAccount token: {creds:?}");
+        };
+        assert_eq!(*path, dir.path().join("service_account_token"));
+        assert_eq!(creds.ca_pem.as_deref(), Some(&b"PEM"[..]));
+        assert_eq!(service_account_token(path).unwrap(), "sa-token-1");
+        let shown = format!("{creds:?}");
+        assert!(!shown.contains("sa-token"), "{shown}");
+
+        // Kubelet's rotation: the same path now reads the new token.
+        let rotated = [
+            data[0],
+            data[1],
+            data[2],
+            ("service_account_token", "sa-token-2"),
+        ];
+        kubelet_write(dir.path(), "2026_11_22_08_08_00.2", &rotated);
+        assert_ne!(version(dir.path()).unwrap(), v1);
+        assert_eq!(service_account_token(path).unwrap(), "sa-token-2");
+
+        // A client secret wins when both are there (a Secret never has a
+        // ServiceAccount token).
+        fs::write(dir.path().join("..data/client_secret"), "s").unwrap();
+        symlink("..data/client_secret", dir.path().join("client_secret")).unwrap();
+        let (creds, _) = read(dir.path(), None).unwrap();
+        assert!(creds.auth == ClientAuth::Secret("s".into()));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The token agent (`issuer agent`, DESIGN.md §5) and `issuer token`.
 //!
-//! The agent reads a client's credentials from its mounted Secret, keeps an
+//! The agent reads a client's credentials from its mounted Secret (or a
+//! secretless client's projected ConfigMap and ServiceAccount token), keeps an
 //! access token in `<output-dir>/token` (renewed at 80% of its lifetime,
 //! retried with exponential backoff while the old token is still valid),
 //! mirrors the credential files next to it, follows secret rotation by
@@ -30,7 +31,7 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde::Deserialize;
 
-use credentials::{Credentials, CredentialsError, TOKEN_FILE};
+use credentials::{ClientAuth, Credentials, CredentialsError, TOKEN_FILE};
 use schedule::Validity;
 
 /// How often the credential files are checked for a new version.
@@ -41,7 +42,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(clap::Args, Debug, Clone)]
 pub struct TokenArgs {
     /// Folder holding the client's Secret as files (client_id,
-    /// client_secret, token_url; kubelet's `..data` layout or plain files).
+    /// client_secret, token_url; kubelet's `..data` layout or plain files),
+    /// or service_account_token instead of client_secret (federated_jwt).
     #[arg(long, env = "SIGIL_CREDENTIALS_DIR")]
     pub credentials_dir: PathBuf,
 
@@ -175,7 +177,12 @@ fn basic_authorization(client_id: &str, client_secret: &str) -> String {
     format!("Basic {}", STANDARD.encode(pair))
 }
 
-/// One client-credentials request (client_secret_basic).
+/// RFC 7523 §2.2: how a ServiceAccount token is sent as the client's proof.
+pub const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// One client-credentials request: client_secret_basic, or with a
+/// ServiceAccount token (read from its file now, so each request sends the
+/// token kubelet last wrote) as a jwt-bearer client assertion.
 pub async fn fetch_token(
     http: &reqwest::Client,
     credentials: &Credentials,
@@ -191,13 +198,23 @@ pub async fn fetch_token(
     if let Some(audience) = audience.filter(|a| !a.trim().is_empty()) {
         form.append_pair("audience", audience.trim());
     }
+    let mut request = http.post(&url);
+    match &credentials.auth {
+        ClientAuth::Secret(secret) => {
+            request = request.header(
+                reqwest::header::AUTHORIZATION,
+                basic_authorization(&credentials.client_id, secret),
+            );
+        }
+        ClientAuth::ServiceAccountToken { path } => {
+            let assertion = credentials::service_account_token(path)?;
+            form.append_pair("client_id", &credentials.client_id);
+            form.append_pair("client_assertion_type", JWT_BEARER_ASSERTION);
+            form.append_pair("client_assertion", &assertion);
+        }
+    }
     let sent_at = SystemTime::now();
-    let response = http
-        .post(&url)
-        .header(
-            reqwest::header::AUTHORIZATION,
-            basic_authorization(&credentials.client_id, &credentials.client_secret),
-        )
+    let response = request
         .header(
             reqwest::header::CONTENT_TYPE,
             "application/x-www-form-urlencoded",
@@ -439,11 +456,15 @@ impl Agent {
         .await;
         let result = result.and_then(|token| {
             let path = self.args.output_dir.join(TOKEN_FILE);
-            // Readable like the mirrored secret (kubelet's defaultMode).
+            // Readable like the mirrored secret or ServiceAccount token
+            // (kubelet's defaultMode, 0600 for the token's fsUser).
             let mode = credentials
                 .files
                 .iter()
-                .find(|f| f.name == sigil_crds::secret_keys::CLIENT_SECRET)
+                .find(|f| {
+                    f.name == sigil_crds::secret_keys::CLIENT_SECRET
+                        || f.name == sigil_crds::secret_keys::SERVICE_ACCOUNT_TOKEN
+                })
                 .map(|f| f.mode)
                 .unwrap_or(0o600);
             credentials::write_atomically(
@@ -597,6 +618,91 @@ mod tests {
         });
         assert!(health.holds_valid_token(now));
         assert!(!health.holds_valid_token(now + Duration::from_secs(61)));
+    }
+
+    /// A token endpoint on loopback that records each request's form body
+    /// and Authorization header.
+    async fn recording_token_endpoint() -> (String, Arc<std::sync::Mutex<Vec<(String, bool)>>>) {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let router = Router::new().route(
+            "/oauth2/token",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+                let record = record.clone();
+                async move {
+                    let basic = headers.contains_key(axum::http::header::AUTHORIZATION);
+                    record.lock().unwrap().push((body, basic));
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        r#"{"access_token":"at","token_type":"Bearer","expires_in":60}"#,
+                    )
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        (format!("http://{addr}/oauth2/token"), seen)
+    }
+
+    #[tokio::test]
+    async fn a_service_account_token_is_sent_as_a_jwt_bearer_assertion_read_anew_each_time() {
+        let (token_url, seen) = recording_token_endpoint().await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("service_account_token");
+        std::fs::write(&path, "sa.one.x\n").unwrap();
+        let credentials = Credentials {
+            client_id: "worker.tasks".into(),
+            auth: ClientAuth::ServiceAccountToken { path: path.clone() },
+            token_url,
+            ca_pem: None,
+            files: Vec::new(),
+        };
+        let http = http_client(None).unwrap();
+        let token = fetch_token(&http, &credentials, Some("event"), None)
+            .await
+            .unwrap();
+        assert_eq!(token.access_token, "at");
+        // Kubelet rotated the token: the next request sends the new one,
+        // with nothing re-read by the caller.
+        std::fs::write(&path, "sa.two.x").unwrap();
+        fetch_token(&http, &credentials, Some("event"), None)
+            .await
+            .unwrap();
+        let seen = seen.lock().unwrap().clone();
+        let forms: Vec<Vec<(String, String)>> = seen
+            .iter()
+            .map(|(body, basic)| {
+                assert!(!basic, "no Basic header with an assertion");
+                form_urlencoded::parse(body.as_bytes())
+                    .into_owned()
+                    .collect()
+            })
+            .collect();
+        let field = |form: &[(String, String)], key: &str| {
+            form.iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(forms.len(), 2);
+        for form in &forms {
+            assert_eq!(field(form, "grant_type"), "client_credentials");
+            assert_eq!(field(form, "client_id"), "worker.tasks");
+            assert_eq!(field(form, "client_assertion_type"), JWT_BEARER_ASSERTION);
+            assert_eq!(field(form, "audience"), "event");
+        }
+        assert_eq!(field(&forms[0], "client_assertion"), "sa.one.x");
+        assert_eq!(field(&forms[1], "client_assertion"), "sa.two.x");
+
+        // A missing token file fails the request without sending it, and
+        // the error names the file, never a token.
+        std::fs::remove_file(&path).unwrap();
+        let error = fetch_token(&http, &credentials, None, None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("service_account_token"), "{error}");
     }
 
     #[test]

@@ -78,6 +78,12 @@ pub mod secret_keys {
     /// The issuer's CA bundle (PEM), when the issuer URL is served with a
     /// certificate from it; not part of `credentials.json`.
     pub const CA_CRT: &str = "ca.crt";
+    /// A secretless (`federated_jwt`) client's credentials folder: the
+    /// pod's projected ServiceAccount token (audience the issuer URL), sent
+    /// as `client_assertion` where others send `client_secret`. Not a key
+    /// of any Secret or ConfigMap: the webhook projects it next to the
+    /// client's ConfigMap.
+    pub const SERVICE_ACCOUNT_TOKEN: &str = "service_account_token";
 }
 
 pub use conditions::{CONDITION_GRANTED, CONDITION_READY, Reason};

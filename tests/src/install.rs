@@ -158,7 +158,7 @@ pub async fn publish_ca(cp: &ControlPlane, namespace: &str) -> anyhow::Result<()
     Ok(())
 }
 
-/// The running example's manifests (examples/*-service.yaml) for
+/// The running example's manifests (examples/*.yaml) for
 /// `namespace`: their OAuthResources grant the namespace `tasks`, so for
 /// another namespace a copy in `dir` grants that one instead.
 pub fn example_manifests(namespace: &str, dir: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
@@ -167,6 +167,7 @@ pub fn example_manifests(namespace: &str, dir: &std::path::Path) -> anyhow::Resu
         "calendar-service.yaml",
         "file-service.yaml",
         "task-service.yaml",
+        "calendar-reader.yaml",
     ];
     if namespace == "tasks" {
         return Ok(files.iter().map(|f| examples.join(f)).collect());

@@ -291,6 +291,28 @@ async fn the_task_service_calls_the_calendar_service_with_its_sidecars_token() {
     .await
     .expect("the Task Service got a 200");
     assert!(!log.contains(" 401 ") && !log.contains(" 403 "), "{log}");
+    // The secretless Calendar Reader too, with no Secret anywhere.
+    let log = install::wait_for_log(
+        &sigil.cp,
+        &ns,
+        "app=calendar-reader",
+        "app",
+        Duration::from_secs(180),
+        |log| log.contains(" 200 "),
+    )
+    .await
+    .expect("the Calendar Reader got a 200");
+    assert!(!log.contains(" 401 ") && !log.contains(" 403 "), "{log}");
+    let reader = sigil.running_pod(&ns, "app=calendar-reader").await;
+    assert_no_secret_volume(sigil, &ns, &reader).await;
+    let secrets: Api<Secret> = Api::namespaced(sigil.client().await, &ns);
+    assert!(
+        secrets
+            .get_opt("calendar-reader-oauth")
+            .await
+            .unwrap()
+            .is_none()
+    );
     // The Calendar and File services granted everything it asks for.
     let clients: Api<sigil_crds::OAuthClient> = Api::namespaced(sigil.client().await, &ns);
     let task = clients.get("task-service").await.expect("the OAuthClient");
@@ -357,6 +379,172 @@ async fn a_non_root_app_reads_its_credentials_and_the_sidecar_keeps_the_token_fr
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+}
+
+/// Asserts that no volume of the pod is a Secret (nor projects one), and
+/// returns its volumes.
+async fn assert_no_secret_volume(sigil: &Installed, namespace: &str, pod: &str) -> Vec<Value> {
+    let pods: Api<Pod> = Api::namespaced(sigil.client().await, namespace);
+    let pod = pods.get(pod).await.expect("the pod");
+    let spec = serde_json::to_value(pod.spec.expect("pod spec")).expect("JSON");
+    let volumes = spec["volumes"].as_array().cloned().unwrap_or_default();
+    for volume in &volumes {
+        assert!(volume.get("secret").is_none(), "a Secret volume: {volume}");
+        for source in volume["projected"]["sources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            assert!(
+                source.get("secret").is_none(),
+                "a projected Secret: {volume}"
+            );
+        }
+    }
+    volumes
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secretless_deployment_gets_fresh_tokens_through_the_agent_with_no_secret_mounted() {
+    let sigil = sigil().await;
+    let ns = sigil.namespace("secretless").await;
+    let mut worker = deployment(
+        "worker",
+        json!({"sigil.dev/client": "worker", "sigil.dev/token": "true"}),
+        busybox(
+            "app",
+            "cat \"$SIGIL_CREDENTIALS_DIR/client_id\"; echo; ls \"$SIGIL_CREDENTIALS_DIR\"; sleep 100000",
+            4242,
+        ),
+    );
+    worker["spec"]["template"]["spec"]["serviceAccountName"] = json!("worker");
+    sigil.apply(
+        &ns,
+        &[
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "worker"}}),
+            oauth_client(
+                "worker",
+                json!({
+                    "tokenTTL": "1m",
+                    "authMethods": ["federated_jwt"],
+                    "serviceAccounts": ["worker"],
+                }),
+            ),
+            worker,
+        ],
+    );
+    wait_client_ready(sigil, &ns, "worker").await;
+    let pod = sigil.running_pod(&ns, "app=worker").await;
+    let client_id = format!("worker.{ns}");
+
+    // No Secret: not written, not mounted. The client's folder is the
+    // agent's, from the ConfigMap and a projected ServiceAccount token with
+    // the issuer URL as audience.
+    let volumes = assert_no_secret_volume(sigil, &ns, &pod).await;
+    let secrets: Api<Secret> = Api::namespaced(sigil.client().await, &ns);
+    assert!(secrets.get_opt("worker-oauth").await.unwrap().is_none());
+    let projected = volumes
+        .iter()
+        .find(|v| v["name"] == "sigil-worker-sa")
+        .unwrap_or_else(|| panic!("no sigil-worker-sa volume: {volumes:?}"));
+    let sources = projected["projected"]["sources"]
+        .as_array()
+        .expect("sources");
+    assert_eq!(
+        sources[0]["configMap"]["name"], "worker-oauth",
+        "{projected}"
+    );
+    let token_source = &sources[1]["serviceAccountToken"];
+    assert_eq!(token_source["audience"], install::ISSUER_URL, "{projected}");
+    assert_eq!(token_source["expirationSeconds"], 600, "{projected}");
+    let log = install::pod_log(&sigil.cp, &ns, "app=worker", "app")
+        .await
+        .expect("app log");
+    assert!(log.starts_with(&format!("{client_id}\n")), "{log}");
+    assert!(
+        log.contains("service_account_token") && !log.contains("client_secret"),
+        "{log}"
+    );
+
+    // Two distinct access tokens (renewed at 80% of the 60 s lifetime),
+    // each obtained with the ServiceAccount token the agent re-reads for
+    // every request, each valid.
+    let dir = "/var/run/secrets/sigil.dev/worker";
+    let mut seen = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while seen.len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "saw only {} distinct tokens in 120 s",
+            seen.len()
+        );
+        let token = sigil.exec(&ns, &pod, "app", &["cat", &format!("{dir}/token")]);
+        let token = token.trim().to_owned();
+        if !token.is_empty() && !seen.contains(&token) {
+            let jwks = issuer_jwks(sigil).await;
+            verify(&jwks, &token, &client_id, "demo");
+            seen.insert(token);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_of_another_service_account_is_refused_for_a_secretless_client() {
+    let sigil = sigil().await;
+    let ns = sigil.namespace("intruder").await;
+    sigil.apply(
+        &ns,
+        &[oauth_client(
+            "worker",
+            json!({"authMethods": ["federated_jwt"], "serviceAccounts": ["worker"]}),
+        )],
+    );
+    // Ready first, so the refusal is about the ServiceAccount.
+    wait_client_ready(sigil, &ns, "worker").await;
+    sigil.apply(
+        &ns,
+        &[
+            // Runs as the namespace's default ServiceAccount.
+            deployment(
+                "intruder",
+                json!({"sigil.dev/client": "worker"}),
+                busybox("app", "sleep 100000", 4242),
+            ),
+        ],
+    );
+    let events: Api<Event> = Api::namespaced(sigil.client().await, &ns);
+    let message = eventually(
+        Duration::from_secs(90),
+        "a FailedCreate event saying the ServiceAccount is wrong",
+        || {
+            let events = events.clone();
+            async move {
+                let list = events.list(&ListParams::default()).await.ok()?;
+                list.items.into_iter().find_map(|e| {
+                    let message = e.message.unwrap_or_default();
+                    (e.reason.as_deref() == Some("FailedCreate")
+                        && message.contains("ServiceAccount"))
+                    .then_some(message)
+                })
+            }
+        },
+    )
+    .await;
+    assert!(
+        message.contains(&format!("OAuthClient {ns}/worker"))
+            && message.contains("runs as ServiceAccount \"default\"")
+            && message.contains("ServiceAccount(s) worker"),
+        "{message}"
+    );
+    let pods: Api<Pod> = Api::namespaced(sigil.client().await, &ns);
+    assert!(
+        pods.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -288,6 +288,26 @@ async fn service_account_tokens_authenticate_the_client_that_lists_them_and_noth
             .is_some(),
         "a client that also has a secret method keeps its Secret"
     );
+    // Its settings, nothing secret, in a ConfigMap its pods mount with
+    // their ServiceAccount token.
+    let maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &tasks);
+    let map = maps
+        .get("task-service-oauth")
+        .await
+        .expect("the secretless client's ConfigMap");
+    let data = map.data.expect("ConfigMap data");
+    assert_eq!(data["client_id"], format!("task-service.{tasks}"));
+    assert!(data["token_url"].ends_with("/oauth2/token"), "{data:?}");
+    assert!(!data.contains_key("client_secret"), "{data:?}");
+    assert!(
+        map.metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|r| r.kind == "OAuthClient"
+                && r.name == "task-service"
+                && r.controller == Some(true))
+    );
 
     // The right audience: a token for the client, no client_id needed.
     let good = mint(&client, &tasks, "task-service", &issuer_url).await;

@@ -272,7 +272,7 @@ async fn operator_and_issuer_work_with_exactly_the_charts_rbac() {
     }
     // The operator: Secrets everywhere (RBAC cannot select by label or
     // owner: the audit below shows what it does with that), by apply and
-    // delete, never update; no other kind's objects.
+    // delete, never update; no other kind's objects but ConfigMaps.
     for verb in ["get", "list", "watch", "create", "patch", "delete"] {
         assert!(
             can(&as_operator, verb, "secrets", away, None).await,
@@ -282,7 +282,20 @@ async fn operator_and_issuer_work_with_exactly_the_charts_rbac() {
     assert!(!can(&as_operator, "update", "secrets", away, None).await);
     assert!(!can(&as_operator, "update", "oauthclients.sigil.dev", away, None).await);
     assert!(!can(&as_operator, "create", "pods", away, None).await);
-    assert!(!can(&as_operator, "get", "configmaps", away, None).await);
+    // ConfigMaps: a secretless client's, by get and apply only (owned by
+    // the client, so garbage-collected with it); no list, watch or delete.
+    for verb in ["get", "create", "patch"] {
+        assert!(
+            can(&as_operator, verb, "configmaps", away, None).await,
+            "{verb}"
+        );
+    }
+    for verb in ["list", "watch", "update", "delete"] {
+        assert!(
+            !can(&as_operator, verb, "configmaps", away, None).await,
+            "{verb}"
+        );
+    }
 
     let client = cluster.client().await;
     // Someone else's Secret, with Sigil's label but no owner, and a client

@@ -21,7 +21,7 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use sigil_crds::{CONDITION_READY, OAuthClient};
 
 use crate::index::ObjectKey;
-use crate::inject::mutate::{self, ClientView, InjectionConfig};
+use crate::inject::mutate::{self, ClientView, Credential, InjectionConfig};
 use crate::metrics::{Metrics, ResultLabel};
 
 /// Path of the webhook on the issuer's main listener (the chart's
@@ -37,9 +37,6 @@ pub struct ClientDirectory {
     synced: AtomicBool,
 }
 
-/// Why a pod naming a `federated_jwt`-only client is refused.
-pub const SECRETLESS_NOT_INJECTED: &str = "the client authenticates with ServiceAccount tokens only (federated_jwt) and has no Secret to inject; the webhook cannot inject such clients yet: mount a projected ServiceAccount token with the issuer URL as audience and send it as client_assertion";
-
 /// The webhook's view of one OAuthClient: Ready only when the operator
 /// says so, with its reason and message otherwise.
 pub fn client_view(client: &OAuthClient) -> ClientView {
@@ -50,17 +47,23 @@ pub fn client_view(client: &OAuthClient) -> ClientView {
             .find(|c| c.type_ == CONDITION_READY)
     });
     let ready = match ready {
-        // Its workloads need a projected ServiceAccount token, which the
-        // webhook does not mount yet: refuse clearly rather than admit a pod
-        // waiting forever for a Secret that is never written.
-        _ if client.spec.is_secretless() => Err(SECRETLESS_NOT_INJECTED.to_owned()),
         Some(condition) if condition.status == "True" => Ok(()),
         Some(condition) => Err(format!("{}: {}", condition.reason, condition.message)),
         None => Err("the operator has not reconciled it yet".to_owned()),
     };
+    // Only a client with no other method: one that also has a secret
+    // keeps getting its Secret mounted.
+    let credential = if client.spec.is_secretless() {
+        Credential::ServiceAccountToken {
+            service_accounts: client.spec.federated_service_accounts().to_vec(),
+        }
+    } else {
+        Credential::Secret
+    };
     ClientView {
         client_id: client.client_id(),
         secret_name: client.secret_name(),
+        credential,
         ready,
     }
 }
@@ -448,14 +451,29 @@ mod tests {
             name: "web".into(),
         });
         assert!(directory.lookup("tasks", "web").is_none());
-        // A secretless client has no Secret to mount: refused, saying why.
+        assert_eq!(web.credential, Credential::Secret);
+        // A secretless client: its pods get a ServiceAccount token of one of
+        // its ServiceAccounts; one that also has a secret keeps its Secret.
         let mut secretless = oauth_client("sa", condition("True", "CredentialsReady", "ok"));
         secretless.spec.auth_methods = Some(vec![sigil_crds::AuthMethod::FederatedJwt]);
         secretless.spec.service_accounts = Some(vec!["sa".into()]);
         directory.upsert(&secretless);
+        let view = directory.lookup("tasks", "sa").unwrap();
+        assert_eq!(view.ready, Ok(()));
         assert_eq!(
-            directory.lookup("tasks", "sa").unwrap().ready,
-            Err(SECRETLESS_NOT_INJECTED.to_owned())
+            view.credential,
+            Credential::ServiceAccountToken {
+                service_accounts: vec!["sa".into()]
+            }
+        );
+        secretless.spec.auth_methods = Some(vec![
+            sigil_crds::AuthMethod::FederatedJwt,
+            sigil_crds::AuthMethod::ClientSecretBasic,
+        ]);
+        directory.upsert(&secretless);
+        assert_eq!(
+            directory.lookup("tasks", "sa").unwrap().credential,
+            Credential::Secret
         );
     }
 

@@ -11,8 +11,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, HTTPGetAction, Pod, PodSpec, Probe,
-    ResourceRequirements, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    Capabilities, ConfigMapProjection, Container, EmptyDirVolumeSource, EnvVar, HTTPGetAction, Pod,
+    PodSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SecretVolumeSource,
+    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -25,19 +26,39 @@ pub const CREDENTIALS_ROOT: &str = "/var/run/secrets/sigil.dev";
 pub const AGENT_SECRET_ROOT: &str = "/var/run/secrets/sigil.dev/.secret";
 /// Name of the token agent sidecar.
 pub const AGENT_CONTAINER: &str = "sigil-token-agent";
+/// Lifetime asked for the projected ServiceAccount token of a secretless
+/// client: 10 minutes, the API server's minimum; kubelet renews it at 80%.
+pub const SERVICE_ACCOUNT_TOKEN_SECONDS: i64 = 600;
 
 /// What the webhook needs to know of one OAuthClient.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientView {
     pub client_id: String,
+    /// The Secret, or for a secretless client the ConfigMap, the operator
+    /// writes the client's settings to.
     pub secret_name: String,
+    pub credential: Credential,
     /// `Err(reason)` unless the client's Ready condition is True.
     pub ready: Result<(), String>,
+}
+
+/// How a client's workloads prove themselves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credential {
+    /// The client secret in the client's Secret.
+    Secret,
+    /// `federated_jwt` only: a projected token of one of these
+    /// ServiceAccounts (audience the issuer URL) next to the client's
+    /// ConfigMap; no Secret exists.
+    ServiceAccountToken { service_accounts: Vec<String> },
 }
 
 /// Deployment-wide settings (chart values).
 #[derive(Clone, Debug)]
 pub struct InjectionConfig {
+    /// `IssuerUrl::to_string()`, as the issuer's `App::issuer`: the `iss` of
+    /// its tokens and the one `aud` a client assertion, a projected
+    /// ServiceAccount token included, must carry.
     pub issuer_url: String,
     pub token_url: String,
     pub agent_image: String,
@@ -68,6 +89,15 @@ pub enum Refusal {
     },
     #[error("annotation sigil.dev/token: {0:?} is neither \"true\" nor \"false\"")]
     InvalidTokenFlag(String),
+    #[error(
+        "annotation sigil.dev/client: OAuthClient {namespace}/{name} authenticates with the tokens of ServiceAccount(s) {allowed} (spec.serviceAccounts), but the pod runs as ServiceAccount {service_account:?}; set the pod's serviceAccountName to one of them"
+    )]
+    WrongServiceAccount {
+        namespace: String,
+        name: String,
+        service_account: String,
+        allowed: String,
+    },
 }
 
 /// The client names a pod asks for, in order, without duplicates.
@@ -119,6 +149,20 @@ fn wants_token(pod: &Pod) -> Result<bool, Refusal> {
     }
 }
 
+/// The pod's ServiceAccount as the API server runs it: `serviceAccountName`,
+/// else the deprecated `serviceAccount`, else `default`.
+pub fn service_account(pod: &Pod) -> &str {
+    pod.spec
+        .as_ref()
+        .and_then(|s| {
+            s.service_account_name
+                .as_deref()
+                .or(s.service_account.as_deref())
+        })
+        .filter(|name| !name.is_empty())
+        .unwrap_or("default")
+}
+
 fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
     pod.metadata
         .annotations
@@ -167,6 +211,17 @@ pub fn inject(
                 reason: reason.clone(),
             });
         }
+        if let Credential::ServiceAccountToken { service_accounts } = &view.credential {
+            let account = service_account(pod);
+            if !service_accounts.iter().any(|a| a == account) {
+                return Err(Refusal::WrongServiceAccount {
+                    namespace: namespace.to_owned(),
+                    name: name.clone(),
+                    service_account: account.to_owned(),
+                    allowed: service_accounts.join(", "),
+                });
+            }
+        }
         clients.push((name.clone(), view));
     }
 
@@ -175,16 +230,11 @@ pub fn inject(
     let spec = pod.spec.get_or_insert_with(PodSpec::default);
     let (first_name, first) = &clients[0];
 
-    // Volumes: the Secret of each client; with an agent, the first client's
-    // directory is an emptyDir the agent fills and the Secret is the agent's.
+    // Volumes: the credentials of each client; with an agent, the first
+    // client's directory is an emptyDir the agent fills and the credentials
+    // are the agent's.
     for (i, (name, view)) in clients.iter().enumerate() {
-        let secret = Volume {
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(view.secret_name.clone()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let secret = credentials_volume(view, config);
         if token && i == 0 {
             ensure_volume(
                 spec,
@@ -200,7 +250,7 @@ pub fn inject(
             ensure_volume(
                 spec,
                 Volume {
-                    name: volume_name(name, "-secret"),
+                    name: agent_volume_name(name, view),
                     ..secret
                 },
             );
@@ -248,7 +298,7 @@ pub fn inject(
     }
 
     if token {
-        let agent = agent_container(first_name, &agent_args, config);
+        let agent = agent_container(first_name, first, &agent_args, config);
         let init = spec.init_containers.get_or_insert_with(Vec::new);
         if !init.iter().any(|c| c.name == AGENT_CONTAINER) {
             // First, so it runs (and has a token) before any other init container.
@@ -264,6 +314,57 @@ pub fn inject(
     Ok(pod)
 }
 
+/// The volume (unnamed) holding a client's credentials folder: its Secret,
+/// or for a secretless client its ConfigMap and the pod's ServiceAccount
+/// token projected together, so both are the same layout of files
+/// (`client_id`, `token_url`, `ca.crt`, … and `client_secret` or
+/// `service_account_token`).
+fn credentials_volume(view: &ClientView, config: &InjectionConfig) -> Volume {
+    match &view.credential {
+        Credential::Secret => Volume {
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(view.secret_name.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Credential::ServiceAccountToken { .. } => Volume {
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![
+                    VolumeProjection {
+                        config_map: Some(ConfigMapProjection {
+                            name: view.secret_name.clone(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                    VolumeProjection {
+                        service_account_token: Some(ServiceAccountTokenProjection {
+                            // The `aud` the issuer's federated_jwt check
+                            // requires: the issuer URL alone.
+                            audience: Some(config.issuer_url.clone()),
+                            expiration_seconds: Some(SERVICE_ACCOUNT_TOKEN_SECONDS),
+                            path: sigil_crds::secret_keys::SERVICE_ACCOUNT_TOKEN.to_owned(),
+                        }),
+                        ..Default::default()
+                    },
+                ]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    }
+}
+
+/// The agent-only volume of the credentials it reads (with an agent, the
+/// client's own directory is the emptyDir it writes).
+fn agent_volume_name(client: &str, view: &ClientView) -> String {
+    match view.credential {
+        Credential::Secret => volume_name(client, "-secret"),
+        Credential::ServiceAccountToken { .. } => volume_name(client, "-sa"),
+    }
+}
+
 /// `--audience` / `--scope` for the agent from the pod's annotations.
 fn pod_annotation_args(pod: &Pod) -> Vec<String> {
     let mut args = Vec::new();
@@ -276,7 +377,12 @@ fn pod_annotation_args(pod: &Pod) -> Vec<String> {
     args
 }
 
-fn agent_container(client: &str, extra_args: &[String], config: &InjectionConfig) -> Container {
+fn agent_container(
+    client: &str,
+    view: &ClientView,
+    extra_args: &[String],
+    config: &InjectionConfig,
+) -> Container {
     let port = config.agent_health_port;
     let probe = |failure_threshold: i32, period: i32| Probe {
         http_get: Some(HTTPGetAction {
@@ -320,7 +426,7 @@ fn agent_container(client: &str, extra_args: &[String], config: &InjectionConfig
         }),
         volume_mounts: Some(vec![
             VolumeMount {
-                name: volume_name(client, "-secret"),
+                name: agent_volume_name(client, view),
                 mount_path: format!("{AGENT_SECRET_ROOT}/{client}"),
                 read_only: Some(true),
                 ..Default::default()
@@ -409,11 +515,21 @@ pub(crate) mod tests {
             "task-service" | "reports" => Some(ClientView {
                 client_id: format!("{name}.tasks"),
                 secret_name: format!("{name}-oauth"),
+                credential: Credential::Secret,
+                ready: Ok(()),
+            }),
+            "worker" => Some(ClientView {
+                client_id: "worker.tasks".into(),
+                secret_name: "worker-oauth".into(),
+                credential: Credential::ServiceAccountToken {
+                    service_accounts: vec!["worker".into(), "batch".into()],
+                },
                 ready: Ok(()),
             }),
             "pending" => Some(ClientView {
                 client_id: "pending.tasks".into(),
                 secret_name: "pending-oauth".into(),
+                credential: Credential::Secret,
                 ready: Err("DuplicateClientId: client id x is already used by tasks/y".into()),
             }),
             _ => None,
@@ -564,6 +680,141 @@ pub(crate) mod tests {
         assert_ne!(agent_writes.read_only, Some(true));
     }
 
+    /// `pod` running as ServiceAccount `account` (None: unset).
+    fn pod_as(annotations: serde_json::Value, account: Option<&str>) -> Pod {
+        let mut p = pod(annotations);
+        p.spec.as_mut().unwrap().service_account_name = account.map(str::to_owned);
+        p
+    }
+
+    /// (volume name, kind) of every volume, kind one of secret, projected,
+    /// emptyDir, other.
+    fn volume_kinds(spec: &PodSpec) -> Vec<(String, &'static str)> {
+        spec.volumes
+            .iter()
+            .flatten()
+            .map(|v| {
+                let kind = if v.secret.is_some() {
+                    "secret"
+                } else if v.projected.is_some() {
+                    "projected"
+                } else if v.empty_dir.is_some() {
+                    "emptyDir"
+                } else {
+                    "other"
+                };
+                (v.name.clone(), kind)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_secretless_client_gets_its_config_map_and_a_projected_token_and_no_secret() {
+        for (token, account) in [(false, "worker"), (true, "batch")] {
+            let mut annotations = json!({ "sigil.dev/client": "worker" });
+            if token {
+                annotations["sigil.dev/token"] = json!("true");
+            }
+            let out = inject(
+                &pod_as(annotations, Some(account)),
+                "tasks",
+                ready,
+                &config(),
+            )
+            .unwrap();
+            let spec = out.spec.as_ref().unwrap();
+            let want: Vec<(String, &str)> = if token {
+                vec![
+                    ("data".into(), "emptyDir"),
+                    ("sigil-worker".into(), "emptyDir"),
+                    ("sigil-worker-sa".into(), "projected"),
+                ]
+            } else {
+                vec![
+                    ("data".into(), "emptyDir"),
+                    ("sigil-worker".into(), "projected"),
+                ]
+            };
+            assert_eq!(volume_kinds(spec), want, "token: {token}");
+            let projected = spec
+                .volumes
+                .iter()
+                .flatten()
+                .find_map(|v| v.projected.as_ref())
+                .unwrap();
+            let sources = projected.sources.as_ref().unwrap();
+            assert_eq!(sources.len(), 2);
+            assert_eq!(sources[0].config_map.as_ref().unwrap().name, "worker-oauth");
+            let sa = sources[1].service_account_token.as_ref().unwrap();
+            assert_eq!(sa.audience.as_deref(), Some("https://sigil.example"));
+            assert_eq!(sa.expiration_seconds, Some(600));
+            assert_eq!(sa.path, "service_account_token");
+            let env = env_of(&spec.containers[0]);
+            assert_eq!(env["OAUTH_CLIENT_ID"], "worker.tasks");
+            assert_eq!(
+                env["SIGIL_CREDENTIALS_DIR"],
+                "/var/run/secrets/sigil.dev/worker"
+            );
+            if token {
+                let agent = &spec.init_containers.as_ref().unwrap()[0];
+                let mounts: Vec<(&str, &str)> = agent
+                    .volume_mounts
+                    .iter()
+                    .flatten()
+                    .map(|m| (m.name.as_str(), m.mount_path.as_str()))
+                    .collect();
+                assert_eq!(
+                    mounts,
+                    [
+                        (
+                            "sigil-worker-sa",
+                            "/var/run/secrets/sigil.dev/.secret/worker"
+                        ),
+                        ("sigil-worker", "/var/run/secrets/sigil.dev/worker"),
+                    ]
+                );
+            }
+            let twice = inject(&out, "tasks", ready, &config()).unwrap();
+            assert_eq!(out, twice);
+        }
+    }
+
+    #[test]
+    fn a_secretless_client_refuses_a_pod_of_another_service_account() {
+        for (account, shown) in [
+            (None, "default"),
+            (Some(""), "default"),
+            (Some("web"), "web"),
+        ] {
+            let annotations = json!({ "sigil.dev/client": "task-service,worker" });
+            let refusal =
+                inject(&pod_as(annotations, account), "tasks", ready, &config()).unwrap_err();
+            assert_eq!(
+                refusal,
+                Refusal::WrongServiceAccount {
+                    namespace: "tasks".into(),
+                    name: "worker".into(),
+                    service_account: shown.into(),
+                    allowed: "worker, batch".into(),
+                }
+            );
+            let message = refusal.to_string();
+            assert!(
+                message.contains(&format!("runs as ServiceAccount \"{shown}\""))
+                    && message.contains("tasks/worker")
+                    && message.contains("worker, batch"),
+                "{message}"
+            );
+        }
+        // The deprecated serviceAccount field counts when the name is unset.
+        let mut p = pod(json!({ "sigil.dev/client": "worker" }));
+        p.spec.as_mut().unwrap().service_account = Some("batch".into());
+        assert!(inject(&p, "tasks", ready, &config()).is_ok());
+        // A client with a secret does not look at the ServiceAccount.
+        let p = pod_as(json!({ "sigil.dev/client": "task-service" }), Some("web"));
+        assert!(inject(&p, "tasks", ready, &config()).is_ok());
+    }
+
     #[test]
     fn refusals_name_the_client_and_say_why() {
         let refuse =
@@ -600,7 +851,7 @@ pub(crate) mod tests {
     fn volume_names_are_dns_labels_for_any_client_name() {
         assert_eq!(volume_name("task-service", ""), "sigil-task-service");
         for name in ["a.b", &"x".repeat(253), &format!("{}.y", "z".repeat(100))] {
-            for suffix in ["", "-secret"] {
+            for suffix in ["", "-secret", "-sa"] {
                 let v = volume_name(name, suffix);
                 assert!(v.len() <= 63, "{v}");
                 assert!(

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
@@ -364,10 +364,28 @@ async fn announce_grant_change(
     }
 }
 
-/// The Secret's data keys (DESIGN.md §3): the one place they are made.
-/// `credentials.json` holds the credentials only; the CA bundle is trust
-/// material, not a credential, and stays a PEM file of its own (`ca.crt`,
-/// as in a `kubernetes.io/tls` Secret), absent when there is none.
+/// The keys every workload of a client reads, secret or not (DESIGN.md
+/// §3): the one place they are made.
+fn public_fields(
+    client_id: &str,
+    token_url: &str,
+    issuer: &str,
+    scopes: &[String],
+    audiences: &[String],
+) -> [(&'static str, String); 5] {
+    [
+        (secret_keys::CLIENT_ID, client_id.to_owned()),
+        (secret_keys::TOKEN_URL, token_url.to_owned()),
+        (secret_keys::ISSUER, issuer.to_owned()),
+        (secret_keys::SCOPE, scopes.join(" ")),
+        (secret_keys::AUDIENCE, audiences.join(" ")),
+    ]
+}
+
+/// The Secret's data keys (DESIGN.md §3). `credentials.json` holds the
+/// credentials only; the CA bundle is trust material, not a credential,
+/// and stays a PEM file of its own (`ca.crt`, as in a `kubernetes.io/tls`
+/// Secret), absent when there is none.
 pub fn secret_data(
     client_id: &str,
     client_secret: &str,
@@ -377,31 +395,47 @@ pub fn secret_data(
     audiences: &[String],
     ca_bundle: Option<&[u8]>,
 ) -> BTreeMap<String, ByteString> {
-    let scope = scopes.join(" ");
-    let audience = audiences.join(" ");
-    let credentials = serde_json::json!({
-        secret_keys::CLIENT_ID: client_id,
-        secret_keys::CLIENT_SECRET: client_secret,
-        secret_keys::TOKEN_URL: token_url,
-        secret_keys::ISSUER: issuer,
-        secret_keys::SCOPE: scope,
-        secret_keys::AUDIENCE: audience,
-    });
-    let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
-    let mut data = BTreeMap::from([
-        (secret_keys::CLIENT_ID.to_owned(), bytes(client_id)),
-        (secret_keys::CLIENT_SECRET.to_owned(), bytes(client_secret)),
-        (secret_keys::TOKEN_URL.to_owned(), bytes(token_url)),
-        (secret_keys::ISSUER.to_owned(), bytes(issuer)),
-        (secret_keys::SCOPE.to_owned(), bytes(&scope)),
-        (secret_keys::AUDIENCE.to_owned(), bytes(&audience)),
-        (
-            secret_keys::CREDENTIALS_JSON.to_owned(),
-            ByteString(credentials.to_string().into_bytes()),
-        ),
-    ]);
+    let mut fields = serde_json::Map::new();
+    let mut data = BTreeMap::new();
+    let public = public_fields(client_id, token_url, issuer, scopes, audiences);
+    let secret = (secret_keys::CLIENT_SECRET, client_secret.to_owned());
+    for (key, value) in public.into_iter().chain([secret]) {
+        data.insert(key.to_owned(), ByteString(value.as_bytes().to_vec()));
+        fields.insert(key.to_owned(), serde_json::Value::String(value));
+    }
+    data.insert(
+        secret_keys::CREDENTIALS_JSON.to_owned(),
+        ByteString(serde_json::Value::Object(fields).to_string().into_bytes()),
+    );
     if let Some(bundle) = ca_bundle {
         data.insert(secret_keys::CA_CRT.to_owned(), ByteString(bundle.to_vec()));
+    }
+    data
+}
+
+/// The ConfigMap of a secretless client (same name as its Secret would
+/// have): the Secret's keys without `client_secret` and `credentials.json`
+/// (nothing in it is secret), plus `ca.crt`. The webhook projects it with
+/// the pod's ServiceAccount token into one credentials folder, so the
+/// token agent and apps read one layout either way.
+pub fn config_map_data(
+    client_id: &str,
+    token_url: &str,
+    issuer: &str,
+    scopes: &[String],
+    audiences: &[String],
+    ca_bundle: Option<&[u8]>,
+) -> BTreeMap<String, String> {
+    let mut data: BTreeMap<String, String> =
+        public_fields(client_id, token_url, issuer, scopes, audiences)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+    if let Some(bundle) = ca_bundle {
+        data.insert(
+            secret_keys::CA_CRT.to_owned(),
+            String::from_utf8_lossy(bundle).into_owned(),
+        );
     }
     data
 }
@@ -798,6 +832,7 @@ async fn reconcile_secretless(
     now: Timestamp,
 ) -> Result<Action> {
     let name = oac.name_any();
+    let namespace = oac.namespace().unwrap_or_default();
     let generation = oac.metadata.generation;
     let secret_name = oac.secret_name();
     delete_owned_secret(secrets, &secret_name, oac).await?;
@@ -807,6 +842,12 @@ async fn reconcile_secretless(
         .filter(|old| **old != secret_name)
     {
         delete_owned_secret(secrets, old_name, oac).await?;
+    }
+    let grant = ctx.grants.effective(oac).await?;
+    // The ConfigMap first: a pod admitted once the client is Ready mounts it.
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
+    if let Err(refusal) = write_config_map(ctx, oac, &config_maps, &secret_name, &grant).await? {
+        return refuse(ctx, oac, clients, (status, status.clone()), refusal, now).await;
     }
     let accounts = oac.spec.federated_service_accounts().join(", ");
     let (ready, reason, message) = if oac.spec.disabled {
@@ -820,11 +861,10 @@ async fn reconcile_secretless(
             true,
             Reason::CredentialsReady,
             format!(
-                "no client secret: authenticates with tokens of ServiceAccount(s) {accounts} (federated_jwt)"
+                "no client secret: authenticates with tokens of ServiceAccount(s) {accounts} (federated_jwt); settings in ConfigMap {secret_name}"
             ),
         )
     };
-    let grant = ctx.grants.effective(oac).await?;
     let granted_condition = granted_condition(&status.conditions, &grant, generation, now);
     let new_status = OAuthClientStatus {
         client_id: Some(oac.client_id()),
@@ -839,6 +879,78 @@ async fn reconcile_secretless(
     write_status(clients, &name, status, new_status).await?;
     announce_grant_change(ctx, oac, status.grant.as_ref(), &grant).await;
     Ok(Action::await_change())
+}
+
+/// Writes a secretless client's ConfigMap ([`config_map_data`]) when it
+/// is missing or differs; `Ok(Err(refusal))` when the name is taken by a
+/// ConfigMap this client does not control (never overwritten).
+async fn write_config_map(
+    ctx: &Context,
+    oac: &OAuthClient,
+    config_maps: &Api<ConfigMap>,
+    name: &str,
+    grant: &EffectiveGrant,
+) -> Result<std::result::Result<(), Refusal>> {
+    let existing = config_maps
+        .get_opt(name)
+        .await
+        .map_err(Error::kube(format!("reading ConfigMap {name}")))?;
+    if existing
+        .as_ref()
+        .is_some_and(|map| !secret_owned_by(&map.metadata, oac))
+    {
+        return Ok(Err(Refusal {
+            reason: Reason::SecretConflict,
+            action: "WriteConfigMap",
+            message: format!(
+                "ConfigMap {name} exists and is not managed by this OAuthClient; delete it or set spec.secretName"
+            ),
+        }));
+    }
+    let owner = oac
+        .controller_owner_ref(&())
+        .ok_or_else(|| Error::Invalid("OAuthClient without a uid".to_owned()))?;
+    let ca_bundle = ctx.issuer_ca.bundle().await?;
+    let data = config_map_data(
+        &oac.client_id(),
+        &ctx.token_url,
+        &ctx.issuer_url,
+        &grant.scopes,
+        &grant.audiences,
+        ca_bundle.as_deref(),
+    );
+    let labels = BTreeMap::from([(MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned())]);
+    let current = existing.is_some_and(|map| {
+        map.data.as_ref() == Some(&data)
+            && map.binary_data.is_none()
+            && map
+                .labels()
+                .get(MANAGED_BY_LABEL)
+                .is_some_and(|v| v == MANAGED_BY_VALUE)
+    });
+    if current {
+        return Ok(Ok(()));
+    }
+    let desired = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            labels: Some(labels),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        data: Some(data),
+        ..Default::default()
+    };
+    config_maps
+        .patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&desired),
+        )
+        .await
+        .map_err(Error::kube(format!("writing ConfigMap {name}")))?;
+    tracing::info!(configmap = %name, client = %oac.name_any(), "wrote a secretless client's ConfigMap");
+    Ok(Ok(()))
 }
 
 /// Deletes `name` if it is a Secret this OAuthClient controls, deciding
@@ -1220,6 +1332,36 @@ mod tests {
             serde_json::from_slice(&with[secret_keys::CREDENTIALS_JSON].0).expect("json");
         assert_eq!(json.as_object().map(|o| o.len()), Some(6), "{json}");
         assert!(json.get(secret_keys::CA_CRT).is_none());
+    }
+
+    #[test]
+    fn a_secretless_clients_config_map_is_the_secret_without_the_secret() {
+        let map = config_map_data(
+            "svc.tasks",
+            "https://sigil-issuer.sigil-system.svc/oauth2/token",
+            "https://sigil-issuer.sigil-system.svc",
+            &["event.view".into()],
+            &["event".into()],
+            Some(BUNDLE),
+        );
+        let secret = client_data(Some(BUNDLE));
+        let keys: Vec<&str> = map.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "audience",
+                "ca.crt",
+                "client_id",
+                "issuer",
+                "scope",
+                "token_url"
+            ]
+        );
+        for (key, value) in &map {
+            assert_eq!(secret[key].0, value.as_bytes(), "{key}");
+        }
+        let without = config_map_data("a", "b", "c", &[], &[], None);
+        assert!(!without.contains_key(secret_keys::CA_CRT));
     }
 
     fn owned_secret(oac: &OAuthClient, data: BTreeMap<String, ByteString>) -> Secret {

@@ -198,7 +198,7 @@ async fn demo_in_pods(cp: &ControlPlane) -> anyhow::Result<()> {
 
     pod_step(
         4,
-        "applying examples/calendar-service.yaml, file-service.yaml and task-service.yaml in namespace tasks",
+        "applying examples/calendar-service.yaml, file-service.yaml, task-service.yaml and calendar-reader.yaml in namespace tasks",
     );
     let out = cp.run_kubectl(&["create", "namespace", EXAMPLE_NAMESPACE])?;
     if !out.status.success() {
@@ -226,6 +226,19 @@ async fn demo_in_pods(cp: &ControlPlane) -> anyhow::Result<()> {
     .await?;
     for line in log.lines().filter(|l| !l.trim().is_empty()).take(4) {
         println!("      task-service: {}", line.trim());
+    }
+    // The secretless client: its ServiceAccount token, no Secret.
+    let log = install::wait_for_log(
+        cp,
+        EXAMPLE_NAMESPACE,
+        "app=calendar-reader",
+        "app",
+        Duration::from_secs(180),
+        |log| log.contains(" 200 "),
+    )
+    .await?;
+    for line in log.lines().filter(|l| !l.trim().is_empty()).take(2) {
+        println!("      calendar-reader (secretless): {}", line.trim());
     }
 
     pod_step(6, "helm test sigil");
