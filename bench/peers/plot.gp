@@ -1,8 +1,8 @@
 # Throughput and p99 against concurrency, from sweep.dat (report.py):
 # one block per server, its first line the title.
-set terminal pngcairo size 1200,500 font ",10"
+set terminal pngcairo size 1200,500 font ",10" noenhanced
 set output "throughput-p99.png"
-stats "sweep.dat" nooutput
+stats "sweep.dat" using 1 every ::1 nooutput
 blocks = STATS_blocks
 set multiplot layout 1,2 title "POST token, client_credentials + client_secret_basic, server on one core (wrk, every response checked)"
 set logscale xy

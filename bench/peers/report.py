@@ -90,9 +90,10 @@ short = {
     "hydra-pbkdf2-1": "Hydra (pbkdf2 x1)",
     "keycloak": "Keycloak",
 }
-with open(out / "sweep.dat", "w") as data:
-    for name, points in sweep.items():
-        data.write(f'"{short.get(name, name)}" rps p99\n')
-        for conc, rps, _, p99 in sorted(points):
-            data.write(f"{conc} {rps} {p99}\n")
-        data.write("\n\n")
+blocks = []
+for name, points in sweep.items():
+    block = f'"{short.get(name, name)}" rps p99\n'
+    block += "".join(f"{conc} {rps} {p99}\n" for conc, rps, _, p99 in sorted(points))
+    blocks.append(block)
+# Blocks separated by two blank lines (gnuplot's index), none after the last.
+(out / "sweep.dat").write_text("\n\n".join(blocks))
