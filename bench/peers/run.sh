@@ -41,6 +41,7 @@ WARM_ROUND_SECONDS=${WARM_ROUND_SECONDS:-10}
 WARM_GAIN_PCT=${WARM_GAIN_PCT:-5}
 WARM_CAP_SECONDS=${WARM_CAP_SECONDS:-60}
 KEYCLOAK_WARM_CAP_SECONDS=${KEYCLOAK_WARM_CAP_SECONDS:-300}
+KEYCLOAK_WARM_MIN_SECONDS=${KEYCLOAK_WARM_MIN_SECONDS:-120}
 STARTUP_TIMEOUT=${STARTUP_TIMEOUT:-300}
 # Which servers; hydra = default client-secret hashing, hydra-pbkdf2-1 = the
 # cheapest its config allows (pbkdf2 at 1 iteration).
@@ -176,35 +177,42 @@ wrk_run() { # url auth connections seconds
     sed -n 's/^RESULT ok=\([0-9]*\) bad=\([0-9]*\) socket_errors=\([0-9]*\) rps=\([0-9.]*\) p50_ms=\([0-9.]*\) p99_ms=\([0-9.]*\).*/\1 \2 \3 \4 \5 \6/p' "$out"
 }
 
-# Rounds of $WARM_ROUND_SECONDS until the rate gains < $WARM_GAIN_PCT %.
-warm() { # name url auth cap_seconds
-    local started=$SECONDS previous=0 rounds=0 r rps
+# Rounds of $WARM_ROUND_SECONDS until two rounds in a row gain < $WARM_GAIN_PCT %
+# on the best before them (one slow round on a shared machine is not the end
+# of a JVM's warm-up), at least $5 s and at most $4 s.
+warm() { # name url auth cap_seconds min_seconds
+    local started=$SECONDS best=0 flat=0 rounds=0 r rps
     while :; do
         r=$(wrk_run "$2" "$3" "$CONNECTIONS" "$WARM_ROUND_SECONDS")
         rps=$(cut -d' ' -f4 <<<"$r")
         rounds=$((rounds + 1))
         log "$1 warm-up round $rounds: $rps req/s"
-        if python3 -c "import sys; p, r, g = map(float, sys.argv[1:]); sys.exit(0 if p > 0 and r < p * (1 + g / 100) else 1)" \
-            "$previous" "$rps" "$WARM_GAIN_PCT"; then
+        if python3 -c "import sys; b, r, g = map(float, sys.argv[1:]); sys.exit(0 if r >= b * (1 + g / 100) else 1)" \
+            "$best" "$rps" "$WARM_GAIN_PCT"; then
+            flat=0
+        else
+            flat=$((flat + 1))
+        fi
+        best=$(python3 -c "import sys; print(max(map(float, sys.argv[1:])))" "$best" "$rps")
+        if ((flat >= 2 && SECONDS - started >= $5)); then
             break
         fi
         if ((SECONDS - started >= $4)); then
-            log "$1: warm-up cap of $4 s reached, still gaining"
+            log "$1: warm-up cap of $4 s reached"
             break
         fi
-        previous=$rps
     done
     WARM_INFO="$rounds × ${WARM_ROUND_SECONDS} s"
 }
 
 ERRORS=0
 # Warm, measure, sweep the running server ($SERVER_PID, $MEASURE_PID).
-measure() { # name label url auth startup warm_cap
+measure() { # name label url auth startup warm_cap [warm_min]
     local name=$1 label=$2 url=$3 auth=$4 startup=$5
     local alg
     alg=$(token_alg)
     log "$name: first token after $startup s, alg $alg"
-    warm "$name" "$url" "$auth" "$6"
+    warm "$name" "$url" "$auth" "$6" "${7:-0}"
     local load_before cpu_before cpu_after r
     load_before=$(load1)
     cpu_before=$(cpu_ticks "$MEASURE_PID")
@@ -381,7 +389,7 @@ run_keycloak() {
     # kc.sh execs the JVM (or runs it as a child when it re-augments): measure the JVM.
     MEASURE_PID=$(pgrep -P "$SERVER_PID" java | tail -1 || true)
     [[ -n $MEASURE_PID ]] || MEASURE_PID=$SERVER_PID
-    measure keycloak "Keycloak $KEYCLOAK_VERSION start-dev" "$url" "$auth" "$startup" "$KEYCLOAK_WARM_CAP_SECONDS"
+    measure keycloak "Keycloak $KEYCLOAK_VERSION start-dev" "$url" "$auth" "$startup" "$KEYCLOAK_WARM_CAP_SECONDS" "$KEYCLOAK_WARM_MIN_SECONDS"
     stop_server
 }
 
@@ -406,7 +414,7 @@ rm -f "$OUT/results.tsv" "$OUT/sweep.tsv"
     echo "wrk: $(wrk -v 2>&1 | head -1)"
     echo "java: $(java -version 2>&1 | head -1)"
     echo "go: $(go version)"
-    echo "settings: NICE=$NICE SIGIL_EXTRA_CLIENTS=$SIGIL_EXTRA_CLIENTS CONNECTIONS=$CONNECTIONS MEASURE_SECONDS=$MEASURE_SECONDS SWEEP='$SWEEP' SWEEP_SECONDS=$SWEEP_SECONDS WARM_ROUND_SECONDS=$WARM_ROUND_SECONDS WARM_GAIN_PCT=$WARM_GAIN_PCT WARM_CAP_SECONDS=$WARM_CAP_SECONDS KEYCLOAK_WARM_CAP_SECONDS=$KEYCLOAK_WARM_CAP_SECONDS SERVER_CPU=$SERVER_CPU LOAD_CPU=$LOAD_CPU"
+    echo "settings: NICE=$NICE SIGIL_EXTRA_CLIENTS=$SIGIL_EXTRA_CLIENTS CONNECTIONS=$CONNECTIONS MEASURE_SECONDS=$MEASURE_SECONDS SWEEP='$SWEEP' SWEEP_SECONDS=$SWEEP_SECONDS WARM_ROUND_SECONDS=$WARM_ROUND_SECONDS WARM_GAIN_PCT=$WARM_GAIN_PCT WARM_CAP_SECONDS=$WARM_CAP_SECONDS KEYCLOAK_WARM_CAP_SECONDS=$KEYCLOAK_WARM_CAP_SECONDS KEYCLOAK_WARM_MIN_SECONDS=$KEYCLOAK_WARM_MIN_SECONDS SERVER_CPU=$SERVER_CPU LOAD_CPU=$LOAD_CPU"
 } >"$OUT/machine.txt"
 ((FLOOR == 0)) || floor
 for server in $SERVERS; do
