@@ -362,23 +362,7 @@ async fn a_non_root_app_reads_its_credentials_and_the_sidecar_keeps_the_token_fr
     // kubelet-style renewal at 80% of the 60 s lifetime: watch three
     // distinct tokens appear in the file, and verify each.
     let dir = "/var/run/secrets/sigil.dev/reader";
-    let mut seen = BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(150);
-    while seen.len() < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "saw only {} distinct tokens in 150 s",
-            seen.len()
-        );
-        let token = sigil.exec(&ns, &pod, "app", &["cat", &format!("{dir}/token")]);
-        let token = token.trim().to_owned();
-        if !token.is_empty() && !seen.contains(&token) {
-            let jwks = issuer_jwks(sigil).await;
-            verify(&jwks, &token, &client_id, "demo");
-            seen.insert(token);
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
+    watch_distinct_tokens(sigil, &ns, &pod, dir, &client_id, 3, 150).await;
 }
 
 /// Asserts that no volume of the pod is a Secret (nor projects one), and
@@ -470,19 +454,34 @@ async fn a_secretless_deployment_gets_fresh_tokens_through_the_agent_with_no_sec
     // each obtained with the ServiceAccount token the agent re-reads for
     // every request, each valid.
     let dir = "/var/run/secrets/sigil.dev/worker";
+    watch_distinct_tokens(sigil, &ns, &pod, dir, &client_id, 2, 120).await;
+}
+
+/// Reads the app container's `{dir}/token` every 2 s until `count`
+/// distinct tokens appeared (within `within_s` seconds), verifying each
+/// against the issuer's JWKS for `client_id` and audience `demo`.
+async fn watch_distinct_tokens(
+    sigil: &Installed,
+    ns: &str,
+    pod: &str,
+    dir: &str,
+    client_id: &str,
+    count: usize,
+    within_s: u64,
+) {
     let mut seen = BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while seen.len() < 2 {
+    let deadline = Instant::now() + Duration::from_secs(within_s);
+    while seen.len() < count {
         assert!(
             Instant::now() < deadline,
-            "saw only {} distinct tokens in 120 s",
+            "saw only {} distinct tokens in {within_s} s",
             seen.len()
         );
-        let token = sigil.exec(&ns, &pod, "app", &["cat", &format!("{dir}/token")]);
+        let token = sigil.exec(ns, pod, "app", &["cat", &format!("{dir}/token")]);
         let token = token.trim().to_owned();
         if !token.is_empty() && !seen.contains(&token) {
             let jwks = issuer_jwks(sigil).await;
-            verify(&jwks, &token, &client_id, "demo");
+            verify(&jwks, &token, client_id, "demo");
             seen.insert(token);
         }
         tokio::time::sleep(Duration::from_secs(2)).await;

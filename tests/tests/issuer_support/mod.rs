@@ -221,6 +221,23 @@ pub async fn token_basic(token_url: &str, id: &str, secret: &str, form: &str) ->
     .expect("token request")
 }
 
+/// The access token of a client_secret_basic request that must succeed
+/// (`what` names the request in the failure message).
+pub async fn access_token_basic(
+    token_url: &str,
+    id: &str,
+    secret: &str,
+    form: &str,
+    what: &str,
+) -> String {
+    let reply = token_basic(token_url, id, secret, form).await;
+    assert_eq!(reply.status, 200, "{what}: {}", reply.body);
+    reply.json()["access_token"]
+        .as_str()
+        .expect("an access token")
+        .to_owned()
+}
+
 /// POSTs a token request with the credentials in the body.
 pub async fn token_post(token_url: &str, id: &str, secret: &str, form: &str) -> Reply {
     request(
