@@ -45,7 +45,7 @@ KEYCLOAK_WARM_MIN_SECONDS=${KEYCLOAK_WARM_MIN_SECONDS:-120}
 STARTUP_TIMEOUT=${STARTUP_TIMEOUT:-300}
 # Which servers; hydra = default client-secret hashing, hydra-pbkdf2-1 = the
 # cheapest its config allows (pbkdf2 at 1 iteration).
-SERVERS=${SERVERS:-sigil hydra hydra-pbkdf2-1 keycloak}
+SERVERS=${SERVERS:-floor sigil hydra hydra-pbkdf2-1 keycloak}
 # Scheduling priority (nice) of the servers and wrk, e.g. -10 on a machine
 # busy with other work; 0 leaves it alone.
 NICE=${NICE:-0}
@@ -61,6 +61,7 @@ KEYCLOAK_SHA256=27a6535553c3cdcd083872ba40629efafb3475e3b758e0c6f691395561dd0f1f
 KEYCLOAK_URL=https://repo1.maven.org/maven2/org/keycloak/keycloak-quarkus-dist/$KEYCLOAK_VERSION/keycloak-quarkus-dist-$KEYCLOAK_VERSION.zip
 
 SIGIL_PORT=18443
+FLOOR_PORT=18444
 HYDRA_PUBLIC=14444
 HYDRA_ADMIN=14445
 KEYCLOAK_PORT=18180
@@ -209,8 +210,8 @@ ERRORS=0
 # Warm, measure, sweep the running server ($SERVER_PID, $MEASURE_PID).
 measure() { # name label url auth startup warm_cap [warm_min]
     local name=$1 label=$2 url=$3 auth=$4 startup=$5
-    local alg
-    alg=$(token_alg)
+    local alg=${ALG:-}
+    [[ -n $alg ]] || alg=$(token_alg)
     log "$name: first token after $startup s, alg $alg"
     warm "$name" "$url" "$auth" "$6" "${7:-0}"
     local load_before cpu_before cpu_after r
@@ -229,7 +230,7 @@ measure() { # name label url auth startup warm_cap [warm_min]
         "$(python3 -c "import sys; print((int(sys.argv[2]) - int(sys.argv[1])) / int(sys.argv[3]))" "$cpu_before" "$cpu_after" "$CLK_TCK")" \
         "$rss" "$hwm" "$startup" "$WARM_INFO" "$load_before" >>"$OUT/results.tsv"
     local c
-    for c in $SWEEP; do
+    for c in ${MEASURE_SWEEP-$SWEEP}; do
         r=$(wrk_run "$url" "$auth" "$c" "$SWEEP_SECONDS")
         read -r ok bad sock rps p50 p99 <<<"$r"
         ERRORS=$((ERRORS + bad + sock))
@@ -393,6 +394,24 @@ run_keycloak() {
     stop_server
 }
 
+# The floor's two halves under the same load generator as the servers:
+# sigil-bench serve-floor answers a bare POST with a token-sized body
+# (`/baseline-large`), and the same plus one signature (`/baseline-sign`).
+run_floor() {
+    port_free $FLOOR_PORT || die "port $FLOOR_PORT is taken"
+    local base=http://127.0.0.1:$FLOOR_PORT started startup
+    started=$(now)
+    pin_server "$SIGIL_BENCH_BIN" serve-floor --listen 127.0.0.1:$FLOOR_PORT --algorithm ES256 >"$WORK/floor.log" 2>&1 &
+    SERVER_PID=$!
+    MEASURE_PID=$SERVER_PID
+    startup=$(wait_first_token "$started" "$base/baseline-large" "")
+    ALG=- MEASURE_SWEEP='' measure floor-bare "Floor: bare round trip, token-sized body (sigil-bench serve-floor)" \
+        "$base/baseline-large" "" "$startup" "$WARM_CAP_SECONDS"
+    ALG=ES256 MEASURE_SWEEP='' measure floor-sign "Floor measured directly: the same + one ES256 signature" \
+        "$base/baseline-sign" "" "$startup" "$WARM_CAP_SECONDS"
+    stop_server
+}
+
 floor() {
     log "Sigil's floor: sigil-bench (DESIGN §9), server and load each on their own core"
     nice -n "$NICE" taskset -c "$SERVER_CPU,$LOAD_CPU" "$SIGIL_BENCH_BIN" --algorithms ES256 >"$OUT/sigil-bench.txt" 2>&1 ||
@@ -419,6 +438,7 @@ rm -f "$OUT/results.tsv" "$OUT/sweep.tsv"
 ((FLOOR == 0)) || floor
 for server in $SERVERS; do
     case $server in
+    floor) run_floor ;;
     sigil) run_sigil ;;
     hydra) run_hydra hydra "" ;;
     hydra-pbkdf2-1) run_hydra hydra-pbkdf2-1 1 ;;

@@ -87,6 +87,21 @@ enum Command {
     /// unless every honest request succeeds and the issuer's RSS stays
     /// under the bound.
     Attack(attack::AttackArgs),
+    /// Serve the floor's routes (`/baseline`, `/baseline-large`,
+    /// `/baseline-sign`) on the issuer's server stack with one worker
+    /// thread until killed: `bench/peers/run.sh` measures them with `wrk`
+    /// beside the token endpoints it compares.
+    ServeFloor(ServeFloorArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeFloorArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:18444")]
+    listen: SocketAddr,
+    /// Algorithm of the one signature `/baseline-sign` makes.
+    #[arg(long, default_value = "ES256")]
+    algorithm: String,
 }
 
 fn algorithm(name: &str) -> anyhow::Result<SigningAlgorithm> {
@@ -261,6 +276,74 @@ const BASELINE_THREADS: &str = "bench-baseline";
 const ISSUER_THREADS: &str = "bench-issuer";
 
 /// Starts `router` on a loopback port in its own runtime.
+/// The floor's routes on the issuer's server stack: a bare form POST
+/// answering a small body (`/baseline`) or a token-sized one
+/// (`/baseline-large`, with an `access_token` member so an outside load
+/// generator's response check passes), and the latter plus one signature
+/// with a pre-parsed key (`/baseline-sign`: the floor measured directly).
+fn floor_router(algorithm: SigningAlgorithm) -> anyhow::Result<Router> {
+    let key = Arc::new(ParsedKey::from_pkcs8_der(
+        algorithm,
+        &generate_pkcs8_der(algorithm, 2048)?,
+    )?);
+    let large_body: &'static str =
+        Box::leak(format!("{{\"access_token\":\"{}\"}}", "a".repeat(800)).into_boxed_str());
+    let headers = [
+        ("content-type", "application/json"),
+        ("cache-control", "no-store"),
+    ];
+    Ok(Router::new()
+        .route(
+            "/baseline-large",
+            post(move |body: Bytes| async move {
+                let _ = body.len();
+                (headers, large_body)
+            }),
+        )
+        .route(
+            "/baseline-sign",
+            post(move |body: Bytes| {
+                let key = key.clone();
+                async move {
+                    // A token's signing input is about this long.
+                    let input = [body.as_ref(), &[b'a'; 400][..]].concat();
+                    match key.sign(&input) {
+                        Ok(_) => (hyper::StatusCode::OK, headers, large_body),
+                        Err(_) => (hyper::StatusCode::INTERNAL_SERVER_ERROR, headers, "{}"),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/baseline",
+            post(move |body: Bytes| async move {
+                let _ = body.len();
+                (headers, r#"{"ok":true}"#)
+            }),
+        ))
+}
+
+/// `sigil-bench serve-floor`: the floor's routes on one server thread
+/// until killed, for `bench/peers/run.sh` to drive with the same load
+/// generator as the servers it compares.
+fn serve_floor(args: ServeFloorArgs) -> anyhow::Result<()> {
+    let router = floor_router(algorithm(&args.algorithm)?)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(BASELINE_THREADS)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
+        eprintln!("serving the floor's routes on http://{}", args.listen);
+        sigil_issuer::http::serve::serve_listener(listener, router)
+            .await
+            .context("serving")
+    })
+}
+
 fn start_server(
     router: Router,
     threads: usize,
@@ -381,6 +464,7 @@ fn main() -> anyhow::Result<()> {
     match args.command {
         Some(Command::Timing(timing)) => return timing::run(timing),
         Some(Command::Attack(attack)) => return attack::run(attack),
+        Some(Command::ServeFloor(serve)) => return serve_floor(serve),
         None => {}
     }
     let algorithms = args
@@ -413,58 +497,7 @@ fn main() -> anyhow::Result<()> {
     );
 
     // Servers: the bare baseline and the standalone issuer, each on its own runtime.
-    // The floor measured directly: the bare handler plus one signature with
-    // the same kind of pre-parsed key.
-    let floor_key = Arc::new(ParsedKey::from_pkcs8_der(
-        token_algorithm,
-        &generate_pkcs8_der(token_algorithm, 2048)?,
-    )?);
-    let large_body: &'static str =
-        Box::leak(format!("{{\"access_token\":\"{}\"}}", "a".repeat(800)).into_boxed_str());
-    let baseline = Router::new()
-        .route(
-            "/baseline-large",
-            post(move |body: Bytes| async move {
-                let _ = body.len();
-                (
-                    [
-                        ("content-type", "application/json"),
-                        ("cache-control", "no-store"),
-                    ],
-                    large_body,
-                )
-            }),
-        )
-        .route(
-            "/baseline-sign",
-            post(move |body: Bytes| {
-                let key = floor_key.clone();
-                async move {
-                    let input = [body.as_ref(), &[b'a'; 400][..]].concat();
-                    let signature = key.sign(&input).map(|s| s.len()).unwrap_or(0);
-                    (
-                        [
-                            ("content-type", "application/json"),
-                            ("cache-control", "no-store"),
-                        ],
-                        format!("{{\"signature_len\":{signature}}}"),
-                    )
-                }
-            }),
-        )
-        .route(
-            "/baseline",
-            post(|body: Bytes| async move {
-                let _ = body.len();
-                (
-                    [
-                        ("content-type", "application/json"),
-                        ("cache-control", "no-store"),
-                    ],
-                    r#"{"ok":true}"#,
-                )
-            }),
-        );
+    let baseline = floor_router(token_algorithm)?;
     let (baseline_runtime, baseline_addr) =
         start_server(baseline, args.server_threads, BASELINE_THREADS)?;
     let dir = std::env::temp_dir().join(format!("sigil-bench-{}", std::process::id()));
