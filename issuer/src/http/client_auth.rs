@@ -93,7 +93,13 @@ pub fn parse_basic(value: &[u8]) -> Result<(String, String), OAuthError> {
     Ok((id, secret))
 }
 
+/// RFC 6749 §2.3.1: the id and secret in a Basic header are
+/// form-urlencoded first. Generated ids and secrets have nothing encoded,
+/// and are taken as they are without the decoder's copies.
 fn form_decode(part: &str) -> String {
+    if !part.bytes().any(|b| b == b'%' || b == b'+') {
+        return part.to_owned();
+    }
     form_urlencoded::parse(format!("x={part}").as_bytes())
         .next()
         .map(|(_, v)| v.into_owned())
