@@ -386,10 +386,9 @@ fn standalone_issuer(
     std::fs::write(manifests.join("clients.yaml"), yaml)?;
     let secrets_path = dir.join("secrets.json");
     let _ = std::fs::remove_file(&secrets_path);
-    let loaded = standalone::load_manifests(&manifests)?;
-    let secrets = standalone::load_or_create_secrets(&secrets_path, &loaded.clients)?;
     let store = Arc::new(Store::new("default"));
-    standalone::load_clients(&store, &loaded.clients, &secrets);
+    let loaded = standalone::load_into(&store, &manifests, &secrets_path)?;
+    let secrets = standalone::SecretBook::open(&secrets_path)?.save()?;
     runtime.block_on(standalone::start_rings(
         &store,
         &loaded.signing_keys,

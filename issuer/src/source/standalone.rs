@@ -3,7 +3,7 @@
 //! Signing keys are generated at start and rotated in memory per their
 //! spec (or kept in `--state-dir`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,9 +69,41 @@ pub struct Manifests {
     pub resources: Vec<sigil_crds::OAuthResource>,
 }
 
+/// One Sigil resource of a manifest, checked as the API server would.
+pub enum Document {
+    Client(Box<OAuthClient>),
+    SigningKey(Box<SigningKey>),
+    Resource(Box<sigil_crds::OAuthResource>),
+}
+
+impl Manifests {
+    pub fn add(&mut self, document: Document) {
+        match document {
+            Document::Client(client) => self.clients.push(*client),
+            Document::SigningKey(key) => self.signing_keys.push(*key),
+            Document::Resource(resource) => self.resources.push(*resource),
+        }
+    }
+}
+
 /// Reads every `*.yaml`/`*.yml` file of `dir` (several documents per file
 /// allowed); other kinds are skipped with a note.
 pub fn load_manifests(dir: &Path) -> Result<Manifests, StandaloneError> {
+    let mut manifests = Manifests::default();
+    load_manifests_with(dir, &mut |document| {
+        manifests.add(document);
+        Ok(())
+    })?;
+    Ok(manifests)
+}
+
+/// [`load_manifests`], handing each document to `sink` as it is parsed
+/// rather than collecting them: a folder of 100,000 clients then never
+/// holds more than one parsed document at a time.
+pub fn load_manifests_with(
+    dir: &Path,
+    sink: &mut dyn FnMut(Document) -> Result<(), StandaloneError>,
+) -> Result<(), StandaloneError> {
     let entries = std::fs::read_dir(dir).map_err(|source| StandaloneError::ReadDir {
         path: dir.to_owned(),
         source,
@@ -85,15 +117,14 @@ pub fn load_manifests(dir: &Path) -> Result<Manifests, StandaloneError> {
         })
         .collect();
     paths.sort();
-    let mut manifests = Manifests::default();
     for path in paths {
-        let text = std::fs::read_to_string(&path).map_err(|source| StandaloneError::Read {
+        let file = std::fs::File::open(&path).map_err(|source| StandaloneError::Read {
             path: path.clone(),
             source,
         })?;
-        parse_documents(&path, &text, &mut manifests)?;
+        parse_documents_with(&path, std::io::BufReader::new(file), sink)?;
     }
-    Ok(manifests)
+    Ok(())
 }
 
 /// Parses a multi-document YAML text into `manifests`, refusing what the
@@ -103,6 +134,18 @@ pub fn parse_documents(
     text: &str,
     manifests: &mut Manifests,
 ) -> Result<(), StandaloneError> {
+    parse_documents_with(path, text.as_bytes(), &mut |document| {
+        manifests.add(document);
+        Ok(())
+    })
+}
+
+/// [`parse_documents`] from a reader, one document at a time into `sink`.
+fn parse_documents_with(
+    path: &Path,
+    mut reader: impl std::io::Read,
+    sink: &mut dyn FnMut(Document) -> Result<(), StandaloneError>,
+) -> Result<(), StandaloneError> {
     // The default budget (1,024 documents) is for untrusted input; a
     // manifests folder may hold tens of thousands of clients in one file.
     let options = serde_saphyr::options! {
@@ -110,17 +153,18 @@ pub fn parse_documents(
             max_documents: 1_000_000,
             max_nodes: 50_000_000,
             max_events: 100_000_000,
+            max_reader_input_bytes: None,
         },
         // YAML 1.2 booleans only: an untyped parse must not turn a
         // namespace `n` or a scope `no` into `false`.
         strict_booleans: true,
     };
-    let documents: Vec<serde_json::Value> = serde_saphyr::from_multiple_with_options(text, options)
-        .map_err(|e| StandaloneError::Yaml {
+    let documents = serde_saphyr::read_with_options::<_, serde_json::Value>(&mut reader, options);
+    for (index, document) in documents.enumerate() {
+        let document = document.map_err(|e| StandaloneError::Yaml {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
-    for (index, document) in documents.into_iter().enumerate() {
         if document.is_null() {
             continue;
         }
@@ -135,7 +179,7 @@ pub fn parse_documents(
             kind: kind.clone(),
             reason,
         };
-        match kind.as_str() {
+        let document = match kind.as_str() {
             "OAuthClient" => {
                 let mut client: OAuthClient =
                     serde_json::from_value(document).map_err(|e| bad(e.to_string()))?;
@@ -147,14 +191,14 @@ pub fn parse_documents(
                     .metadata
                     .namespace
                     .get_or_insert_with(|| "default".into());
-                manifests.clients.push(client);
+                Document::Client(Box::new(client))
             }
             "SigningKey" => {
                 let key: SigningKey =
                     serde_json::from_value(document).map_err(|e| bad(e.to_string()))?;
                 sigil_crds::validate::validate_signing_key(&key)
                     .map_err(|errors| bad(field_errors(&errors)))?;
-                manifests.signing_keys.push(key);
+                Document::SigningKey(Box::new(key))
             }
             "OAuthResource" => {
                 let mut resource: sigil_crds::OAuthResource =
@@ -163,12 +207,14 @@ pub fn parse_documents(
                     .metadata
                     .namespace
                     .get_or_insert_with(|| "default".into());
-                manifests.resources.push(resource);
+                Document::Resource(Box::new(resource))
             }
             other => {
-                tracing::debug!(path = %path.display(), index, kind = other, "skipping a document that is not a Sigil resource")
+                tracing::debug!(path = %path.display(), index, kind = other, "skipping a document that is not a Sigil resource");
+                continue;
             }
-        }
+        };
+        sink(document)?;
     }
     Ok(())
 }
@@ -195,42 +241,82 @@ pub fn load_or_create_secrets(
     path: &Path,
     clients: &[OAuthClient],
 ) -> Result<BTreeMap<String, String>, StandaloneError> {
-    let mut secrets: BTreeMap<String, String> = match std::fs::read_to_string(path) {
-        Ok(text) if text.trim().is_empty() => BTreeMap::new(),
-        Ok(text) => serde_json::from_str(&text).map_err(|e| StandaloneError::SecretsFormat {
+    let mut book = SecretBook::open(path)?;
+    for client in clients {
+        book.ensure(client)?;
+    }
+    book.save()
+}
+
+/// The secrets file while manifests are loaded: the secrets it holds, and
+/// those generated for clients that lacked one, written back by
+/// [`SecretBook::save`] once every manifest has loaded.
+pub struct SecretBook {
+    path: PathBuf,
+    secrets: BTreeMap<String, String>,
+    generated: Vec<String>,
+}
+
+impl SecretBook {
+    pub fn open(path: &Path) -> Result<Self, StandaloneError> {
+        let secrets = match std::fs::read_to_string(path) {
+            Ok(text) if text.trim().is_empty() => BTreeMap::new(),
+            Ok(text) => {
+                serde_json::from_str(&text).map_err(|e| StandaloneError::SecretsFormat {
+                    path: path.to_owned(),
+                    reason: e.to_string(),
+                })?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(source) => {
+                return Err(StandaloneError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        Ok(SecretBook {
             path: path.to_owned(),
-            reason: e.to_string(),
-        })?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-        Err(source) => {
-            return Err(StandaloneError::Read {
-                path: path.to_owned(),
-                source,
-            });
-        }
-    };
-    let mut generated = Vec::new();
-    for client in clients.iter().filter(|c| uses_secret(c)) {
-        let id = client.client_id();
-        if !secrets.contains_key(&id) {
-            secrets.insert(id.clone(), generate_client_secret()?);
-            generated.push(id);
-        }
+            secrets,
+            generated: Vec::new(),
+        })
     }
-    if !generated.is_empty() {
-        write_secrets(path, &secrets)?;
-        // Name the ids (never the secrets); a long list is cut short.
-        const NAMED: usize = 20;
-        let mut named = generated[..generated.len().min(NAMED)].join(", ");
-        if generated.len() > NAMED {
-            named.push_str(&format!(" and {} more", generated.len() - NAMED));
+
+    /// Generates a secret for `client` if it authenticates with one and
+    /// the file has none for it.
+    pub fn ensure(&mut self, client: &OAuthClient) -> Result<(), StandaloneError> {
+        if uses_secret(client) {
+            let id = client.client_id();
+            if !self.secrets.contains_key(&id) {
+                self.secrets.insert(id.clone(), generate_client_secret()?);
+                self.generated.push(id);
+            }
         }
-        eprintln!(
-            "sigil issuer: generated client secrets for {named}; written to {}",
-            path.display()
-        );
+        Ok(())
     }
-    Ok(secrets)
+
+    pub fn secrets(&self) -> &BTreeMap<String, String> {
+        &self.secrets
+    }
+
+    /// Writes the file if a secret was generated, naming the ids (never
+    /// the secrets; a long list is cut short).
+    pub fn save(self) -> Result<BTreeMap<String, String>, StandaloneError> {
+        if !self.generated.is_empty() {
+            write_secrets(&self.path, &self.secrets)?;
+            const NAMED: usize = 20;
+            let generated = &self.generated;
+            let mut named = generated[..generated.len().min(NAMED)].join(", ");
+            if generated.len() > NAMED {
+                named.push_str(&format!(" and {} more", generated.len() - NAMED));
+            }
+            eprintln!(
+                "sigil issuer: generated client secrets for {named}; written to {}",
+                self.path.display()
+            );
+        }
+        Ok(self.secrets)
+    }
 }
 
 fn write_secrets(path: &Path, secrets: &BTreeMap<String, String>) -> Result<(), StandaloneError> {
@@ -286,24 +372,53 @@ pub fn with_verifier(client: &OAuthClient, secrets: &BTreeMap<String, String>) -
 
 /// Puts every client into the store.
 pub fn load_clients(store: &Store, clients: &[OAuthClient], secrets: &BTreeMap<String, String>) {
-    let mut seen = HashMap::new();
     for client in clients {
-        let id = client.client_id();
-        if let Some(previous) =
-            seen.insert(id.clone(), crate::index::ObjectKey::of(&client.metadata))
-        {
-            tracing::warn!(client_id = %id, first = %previous, "duplicate client id in the manifests; the first one keeps it");
-            continue;
-        }
-        if client
-            .spec
-            .auth_methods()
-            .contains(&AuthMethod::FederatedJwt)
-        {
-            tracing::warn!(client_id = %id, "federated_jwt needs a cluster's service-account issuer: in standalone mode this client cannot authenticate with it");
-        }
-        store.upsert_client(&with_verifier(client, secrets));
+        load_client(store, client, secrets);
     }
+}
+
+/// Puts one client into the store, unless an earlier manifest took its id.
+pub fn load_client(store: &Store, client: &OAuthClient, secrets: &BTreeMap<String, String>) {
+    let id = client.client_id();
+    if let Some(first) = store.client(&id) {
+        tracing::warn!(client_id = %id, first = %first.object, "duplicate client id in the manifests; the first one keeps it");
+        return;
+    }
+    if client
+        .spec
+        .auth_methods()
+        .contains(&AuthMethod::FederatedJwt)
+    {
+        tracing::warn!(client_id = %id, "federated_jwt needs a cluster's service-account issuer: in standalone mode this client cannot authenticate with it");
+    }
+    store.upsert_client(&with_verifier(client, secrets));
+}
+
+/// The whole standalone configuration: clients straight into `store` as
+/// their documents are parsed (so loading 100,000 of them holds one parsed
+/// document at a time, and the store's entries are not scattered among
+/// freed parse trees), secrets generated for those lacking one and the
+/// file written once everything has loaded; the SigningKeys and
+/// OAuthResources are returned (`clients` stays empty).
+pub fn load_into(
+    store: &Store,
+    manifests_dir: &Path,
+    secrets_path: &Path,
+) -> Result<Manifests, StandaloneError> {
+    let mut book = SecretBook::open(secrets_path)?;
+    let mut rest = Manifests::default();
+    load_manifests_with(manifests_dir, &mut |document| {
+        match document {
+            Document::Client(client) => {
+                book.ensure(&client)?;
+                load_client(store, &client, book.secrets());
+            }
+            other => rest.add(other),
+        }
+        Ok(())
+    })?;
+    book.save()?;
+    Ok(rest)
 }
 
 // ------------------------------------------------------------ key rings
@@ -707,6 +822,51 @@ mod tests {
         // A second start keeps the secret.
         let again = load_or_create_secrets(&secrets_path, &manifests.clients).unwrap();
         assert_eq!(again.get("task-service.tasks"), Some(&secret));
+    }
+
+    /// What `issuer --manifests` does: clients into the store as they are
+    /// parsed, the first of two claiming an id keeps it, secrets generated
+    /// and written once, the other kinds returned.
+    #[test]
+    fn load_into_streams_clients_into_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifests = dir.path().join("manifests");
+        std::fs::create_dir(&manifests).unwrap();
+        std::fs::write(
+            manifests.join("a.yaml"),
+            "apiVersion: sigil.dev/v1alpha1\nkind: OAuthClient\nmetadata: {name: task, namespace: tasks}\nspec: {scopes: [a], audiences: [b]}\n---\napiVersion: sigil.dev/v1alpha1\nkind: SigningKey\nmetadata: {name: default}\nspec: {algorithm: ES256}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            manifests.join("b.yaml"),
+            "apiVersion: sigil.dev/v1alpha1\nkind: OAuthClient\nmetadata: {name: other, namespace: tasks}\nspec: {clientId: task.tasks, scopes: [z], audiences: [b]}\n",
+        )
+        .unwrap();
+        let secrets_path = dir.path().join("secrets.json");
+        let store = Store::new("default");
+        let rest = load_into(&store, &manifests, &secrets_path).unwrap();
+        assert!(rest.clients.is_empty());
+        assert_eq!(rest.signing_keys.len(), 1);
+        let client = store.client("task.tasks").expect("loaded");
+        assert_eq!(
+            client.object.name, "task",
+            "the first manifest keeps the id"
+        );
+        assert_eq!(client.scopes, ["a"]);
+        let written: BTreeMap<String, String> =
+            serde_json::from_str(&std::fs::read_to_string(&secrets_path).unwrap()).unwrap();
+        let secret = written.get("task.tasks").expect("a generated secret");
+        assert!(crate::http::client_auth::verify_secret(
+            Some(&client),
+            secret,
+            0
+        ));
+        // A second start keeps the secret.
+        let again = Store::new("default");
+        load_into(&again, &manifests, &secrets_path).unwrap();
+        let reread: BTreeMap<String, String> =
+            serde_json::from_str(&std::fs::read_to_string(&secrets_path).unwrap()).unwrap();
+        assert_eq!(reread, written);
     }
 
     /// Two manifests the API server refuses that standalone mode used to
