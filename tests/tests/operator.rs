@@ -6,13 +6,21 @@
 //! Every test runs its own operator process(es) scoped to its own
 //! namespace(s), so the tests of this binary share one control plane.
 //!
-//! The 1,000-client benchmark is `bench_1000_oauth_clients` (ignored by
-//! default): `cargo test -p sigil-tests --test operator -- --ignored --nocapture bench`
-//! (set `SIGIL_OPERATOR_BIN=target/release/operator` to measure a release build).
+//! The benchmark is `bench_oauth_clients_at_once` (ignored by default):
+//! `SIGIL_BENCH_CLIENTS` OAuthClients (default 1,000) applied at once, with a
+//! cluster-mode issuer beside the operator, measuring the time until all are
+//! Ready with Secrets, how soon after Ready the issuer grants each a token,
+//! and both processes' memory and CPU:
+//! `cargo test -p sigil-tests --test operator -- --ignored --nocapture bench`
+//! (set `SIGIL_OPERATOR_BIN=target/release/operator` and
+//! `SIGIL_ISSUER_BIN=target/release/issuer` to measure release builds).
 
-use std::collections::{BTreeMap, BTreeSet};
+mod issuer_support;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -102,27 +110,34 @@ impl Operator {
         http_get(self.health_port, "/metrics").await
     }
 
-    /// CPU seconds (user + system) used so far, from /proc.
+    /// CPU seconds (user + system) used so far.
     fn cpu_seconds(&self) -> Option<f64> {
-        let pid = self.child.id()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Fields after the command name, which ends with ')'.
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        let ticks: u64 =
-            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        Some(ticks as f64 / 100.0)
+        cpu_seconds(self.child.id()?)
     }
 
-    /// Peak resident memory (VmHWM) in KiB, from /proc.
+    /// Peak resident memory in KiB.
     fn peak_rss_kib(&self) -> Option<u64> {
-        let pid = self.child.id()?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        status
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
+        peak_rss_kib(self.child.id()?)
     }
+}
+
+/// CPU seconds (user + system) process `pid` used so far, from /proc.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which ends with ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+/// Peak resident memory (VmHWM) of process `pid` in KiB, from /proc.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
 }
 
 /// A bare HTTP/1.0 GET on loopback (no client library needed).
@@ -1698,9 +1713,20 @@ async fn two_replicas_only_the_leader_writes_and_a_standby_takes_over() {
     );
 }
 
+/// What the benchmark's watch saw.
 enum Seen {
+    /// An OAuthClient's name and whether it is Ready=True.
     Client(String, bool),
-    Secret(String),
+    /// A client Secret's name and the credentials it holds.
+    Secret(String, Option<Credentials>),
+}
+
+/// The values a workload reads from its client Secret.
+#[derive(Clone)]
+struct Credentials {
+    client_id: String,
+    client_secret: String,
+    token_url: String,
 }
 
 fn either_client(oac: OAuthClient) -> Seen {
@@ -1708,21 +1734,109 @@ fn either_client(oac: OAuthClient) -> Seen {
     Seen::Client(oac.name_any(), is_ready)
 }
 
-fn either_secret(secret: kube::core::PartialObjectMeta<Secret>) -> Seen {
-    Seen::Secret(secret.name_any())
+fn either_secret(secret: Secret) -> Seen {
+    let credentials = (|| {
+        Some(Credentials {
+            client_id: data(&secret, "client_id")?,
+            client_secret: data(&secret, "client_secret")?,
+            token_url: data(&secret, "token_url")?,
+        })
+    })();
+    Seen::Secret(secret.name_any(), credentials)
 }
 
-/// Benchmark (not a test): 1,000 OAuthClients applied at once; reports the
-/// time until all are Ready with Secrets and the operator's peak memory.
+/// Asks for a client_credentials token every 20 ms until the issuer grants
+/// one; returns when that answer came, or why none came within 30 s. At
+/// most `permits` requests are in flight over all clients: a permit is held
+/// only for a request, not for the pause, so a client's polling is not
+/// delayed by the other clients' waiting.
+async fn first_token(
+    credentials: Credentials,
+    permits: Arc<tokio::sync::Semaphore>,
+) -> Result<Instant, String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let authorization = issuer_support::basic(&credentials.client_id, &credentials.client_secret);
+    let headers = [
+        ("content-type", "application/x-www-form-urlencoded"),
+        ("authorization", authorization.as_str()),
+    ];
+    loop {
+        let reply = {
+            let _permit = permits
+                .acquire()
+                .await
+                .expect("the semaphore is never closed");
+            issuer_support::request(
+                "POST",
+                &credentials.token_url,
+                &headers,
+                "grant_type=client_credentials",
+            )
+            .await
+        };
+        let answered = Instant::now();
+        // Until the issuer's watch has the client's status it answers 401
+        // (then 429, as every request comes from one address); a refused
+        // connection is retried as well.
+        let last = match reply {
+            Ok(reply) if reply.status == 200 && reply.json()["access_token"].is_string() => {
+                return Ok(answered);
+            }
+            Ok(reply) => format!("{} {}", reply.status, reply.body),
+            Err(error) => error.to_string(),
+        };
+        if answered >= deadline {
+            return Err(format!(
+                "{}: no token within 30 s; last answer: {last}",
+                credentials.client_id
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The nearest-rank percentile `p` (0 < p ≤ 1) of `sorted`, in ms.
+fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted
+        .get(rank.clamp(1, sorted.len().max(1)) - 1)
+        .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
+}
+
+/// Benchmark (not a test): N OAuthClients (`SIGIL_BENCH_CLIENTS`, default
+/// 1,000) applied at once, with the operator and a cluster-mode issuer
+/// running. Reports the time until all are Ready with Secrets; how long
+/// after the watch saw each client Ready the issuer first granted it a token
+/// (p50/p99/max); and peak memory and CPU seconds of both processes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run with --ignored --nocapture"]
-async fn bench_1000_oauth_clients() {
-    const COUNT: usize = 1000;
+async fn bench_oauth_clients_at_once() {
+    let count: usize = std::env::var("SIGIL_BENCH_CLIENTS")
+        .ok()
+        .map(|v| v.parse().expect("SIGIL_BENCH_CLIENTS: a number of clients"))
+        .unwrap_or(1000);
     let cluster = TestCluster::shared().await;
     let client = cluster.client().await;
     let ns = cluster.namespace("op-bench").await;
-    let operator = Operator::start(cluster, &ns, &[&ns], "bench");
-    // Wait for the operator to lead before starting the clock.
+    // Wired as tests/tests/issuer_cluster.rs deploys them: one namespace is
+    // the issuer's (its default SigningKey) and the clients'; the operator
+    // gets the issuer's URL, so each Secret's token_url is this issuer's.
+    apply_signing_key(&client, &ns, "default", json!({"algorithm": "ES256"})).await;
+    let scratch = issuer_support::Scratch::new("sigil-op-bench");
+    let kubeconfig = cluster.kubeconfig().to_str().expect("utf8 kubeconfig path");
+    let mut issuer = issuer_support::IssuerProcess::start(
+        &["--namespace", &ns],
+        &[("KUBECONFIG", kubeconfig)],
+        &scratch.0.join("issuer.log"),
+    );
+    let operator = Operator::start_with(cluster, &ns, &[&ns], "bench", &issuer.base_url, &[]);
+    eprintln!(
+        "logs: operator {}, issuer {} (SIGIL_KEEP_SCRATCH=1 keeps it)",
+        operator.log.display(),
+        issuer.log.display()
+    );
+    // Wait for the operator to lead and the issuer to be ready (it needs
+    // the SigningKey's key) before starting the clock.
     eventually(Duration::from_secs(20), "the operator to lead", || async {
         operator
             .metrics()
@@ -1730,16 +1844,19 @@ async fn bench_1000_oauth_clients() {
             .filter(|m| m.contains("sigil_operator_leader 1"))
     })
     .await;
+    issuer.wait_ready(Duration::from_secs(60)).await;
+    let issuer_pid = issuer.child.id();
     let api: Api<OAuthClient> = Api::namespaced(client.clone(), &ns);
-    let cpu_before = operator.cpu_seconds().unwrap_or(0.0);
+    let operator_cpu_before = operator.cpu_seconds().unwrap_or(0.0);
+    let issuer_cpu_before = cpu_seconds(issuer_pid).unwrap_or(0.0);
     let started = Instant::now();
-    let creates = (0..COUNT).map(|i| {
+    let creates = (0..count).map(|i| {
         let api = api.clone();
         async move {
             let oac: OAuthClient = serde_json::from_value(json!({
                 "apiVersion": "sigil.dev/v1alpha1",
                 "kind": "OAuthClient",
-                "metadata": { "name": format!("client-{i:04}") },
+                "metadata": { "name": format!("client-{i:05}") },
                 "spec": { "scopes": ["read", "write"], "audiences": ["api"] },
             }))
             .expect("manifest");
@@ -1753,51 +1870,108 @@ async fn bench_1000_oauth_clients() {
         .collect::<Vec<_>>()
         .await;
     let applied = started.elapsed();
-    // Watched, not listed in a loop: polling 1,000 objects would load the
-    // API server the operator is being measured against.
+    // Watched, not listed in a loop: polling N objects would load the API
+    // server the operator is being measured against. Full Secrets, so the
+    // credentials come with the event and need no GET per client.
     let mut ready: BTreeSet<String> = BTreeSet::new();
-    let mut with_secrets: BTreeSet<String> = BTreeSet::new();
+    let mut ready_at: HashMap<String, Instant> = HashMap::new();
+    let mut credentials: HashMap<String, Credentials> = HashMap::new();
+    let mut polling: HashSet<String> = HashSet::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut acceptance = tokio::task::JoinSet::new();
     let client_events = kube::runtime::watcher(api.clone(), Default::default())
         .applied_objects()
         .map(|r| r.map(either_client));
     let secret_events = kube::runtime::watcher(
-        Api::<kube::core::PartialObjectMeta<Secret>>::namespaced(client.clone(), &ns),
+        Api::<Secret>::namespaced(client.clone(), &ns),
         kube::runtime::watcher::Config::default().labels("app.kubernetes.io/managed-by=sigil"),
     )
     .applied_objects()
     .map(|r| r.map(either_secret));
     let mut events = futures::stream::select(client_events, secret_events).boxed();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while ready.len() < COUNT || with_secrets.len() < COUNT {
+    // The operator's rate is bounded by the API server's writes (three per
+    // client), so the allowance grows with N.
+    let allowance = Duration::from_secs(120).max(Duration::from_millis(30) * count as u32);
+    let deadline = tokio::time::Instant::now() + allowance;
+    while ready.len() < count || credentials.len() < count {
         let next = tokio::time::timeout_at(deadline, events.next())
             .await
             .unwrap_or_else(|_| {
-                panic!("only {} ready, {} secrets", ready.len(), with_secrets.len())
+                panic!(
+                    "after {allowance:?} only {} ready, {} secrets",
+                    ready.len(),
+                    credentials.len()
+                )
             });
-        match next {
+        let name = match next {
             Some(Ok(Seen::Client(name, is_ready))) => {
                 if is_ready {
-                    ready.insert(name);
+                    ready.insert(name.clone());
+                    ready_at.entry(name.clone()).or_insert_with(Instant::now);
                 } else {
                     ready.remove(&name);
                 }
+                name
             }
-            Some(Ok(Seen::Secret(name))) => {
-                if let Some(client) = name.strip_suffix("-oauth") {
-                    with_secrets.insert(client.to_owned());
-                }
+            Some(Ok(Seen::Secret(name, found))) => {
+                let (Some(client), Some(found)) = (name.strip_suffix("-oauth"), found) else {
+                    continue;
+                };
+                credentials.insert(client.to_owned(), found);
+                client.to_owned()
             }
-            Some(Err(error)) => eprintln!("watch error (retried): {error}"),
+            Some(Err(error)) => {
+                eprintln!("watch error (retried): {error}");
+                continue;
+            }
             None => panic!("watch ended"),
+        };
+        // Poll the issuer once both the Ready condition and the Secret
+        // are known, as a workload mounting the Secret would.
+        if let (Some(&since), Some(found)) = (ready_at.get(&name), credentials.get(&name))
+            && polling.insert(name)
+        {
+            let found = found.clone();
+            let permits = permits.clone();
+            acceptance.spawn(async move {
+                first_token(found, permits)
+                    .await
+                    .map(|answered| answered.duration_since(since))
+            });
         }
     }
     let all_ready = started.elapsed();
-    let peak = operator.peak_rss_kib().unwrap_or(0);
-    let cpu = operator.cpu_seconds().unwrap_or(0.0) - cpu_before;
+    assert_eq!(polling.len(), count, "a client was never polled");
+    let mut latencies = Vec::with_capacity(count);
+    let mut failures = Vec::new();
+    while let Some(result) = acceptance.join_next().await {
+        match result.expect("a polling task panicked") {
+            Ok(latency) => latencies.push(latency),
+            Err(failure) => failures.push(failure),
+        }
+    }
+    latencies.sort();
+    let operator_peak = operator.peak_rss_kib().unwrap_or(0);
+    let operator_cpu = operator.cpu_seconds().unwrap_or(0.0) - operator_cpu_before;
+    let issuer_peak = peak_rss_kib(issuer_pid).unwrap_or(0);
+    let issuer_cpu = cpu_seconds(issuer_pid).unwrap_or(0.0) - issuer_cpu_before;
     eprintln!(
-        "BENCH operator: {COUNT} OAuthClients created in {:.1}s; all Ready with Secrets after {:.1}s; operator peak RSS {:.1} MiB, {cpu:.1} CPU s",
+        "BENCH operator+issuer: {count} OAuthClients created in {:.1}s; all Ready with Secrets after {:.1}s; \
+         first token after Ready p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} of {count} granted); \
+         operator peak RSS {:.1} MiB, {operator_cpu:.1} CPU s; issuer peak RSS {:.1} MiB, {issuer_cpu:.1} CPU s",
         applied.as_secs_f64(),
         all_ready.as_secs_f64(),
-        peak as f64 / 1024.0
+        percentile_ms(&latencies, 0.50),
+        percentile_ms(&latencies, 0.99),
+        percentile_ms(&latencies, 1.0),
+        latencies.len(),
+        operator_peak as f64 / 1024.0,
+        issuer_peak as f64 / 1024.0,
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {count} clients got no token within 30 s of polling, e.g.:\n{}",
+        failures.len(),
+        failures[..failures.len().min(5)].join("\n")
     );
 }

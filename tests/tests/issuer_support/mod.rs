@@ -75,7 +75,12 @@ impl IssuerProcess {
         let health_port = free_port();
         let base_url = format!("{scheme}://127.0.0.1:{port}");
         let log_file = std::fs::File::create(log).expect("log file");
-        let mut command = Command::new(sigil_tests::binary("issuer"));
+        // SIGIL_ISSUER_BIN picks another build (e.g. target/release/issuer
+        // for the operator benchmark), as SIGIL_OPERATOR_BIN does there.
+        let binary = std::env::var_os("SIGIL_ISSUER_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| sigil_tests::binary("issuer"));
+        let mut command = Command::new(binary);
         command
             .args(args)
             .args(["--listen", &format!("127.0.0.1:{port}")])
