@@ -47,3 +47,28 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// Creates a Secret named `name` that is not Sigil's (no owner, a
+/// `client_secret` of "mine", `labels`), as the tests of Sigil's refusal
+/// to take over someone else's Secret put in its way.
+pub async fn create_foreign_secret(
+    secrets: &kube::Api<k8s_openapi::api::core::v1::Secret>,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> k8s_openapi::api::core::v1::Secret {
+    let mut foreign = k8s_openapi::api::core::v1::Secret::default();
+    foreign.metadata.name = Some(name.into());
+    if !labels.is_empty() {
+        foreign.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
+    }
+    foreign.string_data = Some([("client_secret".to_owned(), "mine".to_owned())].into());
+    secrets
+        .create(&kube::api::PostParams::default(), &foreign)
+        .await
+        .expect("creating the foreign Secret")
+}

@@ -23,7 +23,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
 use sigil_crds::{OAuthClient, SigningKey};
 use sigil_tests::cluster::TestCluster;
-use sigil_tests::eventually;
+use sigil_tests::{create_foreign_secret, eventually};
 
 struct Run {
     code: i32,
@@ -257,13 +257,7 @@ async fn check_token_and_rotate_client_with_a_broken_and_a_good_client() {
 
     // A client whose Secret name is taken by a foreign Secret.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let mut foreign = Secret::default();
-    foreign.metadata.name = Some("taken".into());
-    foreign.string_data = Some([("client_secret".to_owned(), "mine".to_owned())].into());
-    secrets
-        .create(&PostParams::default(), &foreign)
-        .await
-        .expect("foreign Secret");
+    create_foreign_secret(&secrets, "taken", &[]).await;
     apply::<OAuthClient>(
         &client,
         &ns,

@@ -33,7 +33,7 @@ use kube::runtime::WatchStreamExt;
 use serde_json::{Value, json};
 use sigil_crds::{KeyState, OAuthClient, SigningKey, secret_verifier};
 use sigil_tests::cluster::TestCluster;
-use sigil_tests::eventually;
+use sigil_tests::{create_foreign_secret, eventually};
 use tokio::process::{Child, Command};
 
 const ISSUER_URL: &str = "https://sigil.test/auth";
@@ -936,13 +936,7 @@ async fn renamed_secret_moves_and_disabled_and_foreign_secrets_are_reported() {
     assert_eq!(data(&kept, "client_secret"), Some(value));
 
     // A Secret that is not Sigil's is never overwritten.
-    let mut foreign = Secret::default();
-    foreign.metadata.name = Some("taken".into());
-    foreign.string_data = Some([("client_secret".to_owned(), "mine".to_owned())].into());
-    secrets
-        .create(&PostParams::default(), &foreign)
-        .await
-        .expect("create");
+    create_foreign_secret(&secrets, "taken", &[]).await;
     apply_client(
         &client,
         &ns,

@@ -512,21 +512,15 @@ async fn a_pod_of_another_service_account_is_refused_for_a_secretless_client() {
             ),
         ],
     );
-    let events: Api<Event> = Api::namespaced(sigil.client().await, &ns);
-    let message = eventually(
+    let message = refused_pod_creation(
+        sigil,
+        &ns,
         Duration::from_secs(90),
         "a FailedCreate event saying the ServiceAccount is wrong",
-        || {
-            let events = events.clone();
-            async move {
-                let list = events.list(&ListParams::default()).await.ok()?;
-                list.items.into_iter().find_map(|e| {
-                    let message = e.message.unwrap_or_default();
-                    (e.reason.as_deref() == Some("FailedCreate")
-                        && message.contains("ServiceAccount"))
-                    .then_some(message)
-                })
-            }
+        |e| {
+            e.message
+                .as_deref()
+                .is_some_and(|m| m.contains("ServiceAccount"))
         },
     )
     .await;
@@ -536,7 +530,32 @@ async fn a_pod_of_another_service_account_is_refused_for_a_secretless_client() {
             && message.contains("ServiceAccount(s) worker"),
         "{message}"
     );
-    let pods: Api<Pod> = Api::namespaced(sigil.client().await, &ns);
+}
+
+/// Waits up to `within` for a `FailedCreate` event in `ns` that `matches`
+/// (the webhook refused a pod), asserts that no pod exists, and returns the
+/// event's message.
+async fn refused_pod_creation(
+    sigil: &Installed,
+    ns: &str,
+    within: Duration,
+    what: &str,
+    matches: impl Fn(&Event) -> bool,
+) -> String {
+    let events: Api<Event> = Api::namespaced(sigil.client().await, ns);
+    let matches = &matches;
+    let message = eventually(within, what, || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items.into_iter().find_map(|e| {
+                (e.reason.as_deref() == Some("FailedCreate") && matches(&e))
+                    .then(|| e.message.unwrap_or_default())
+            })
+        }
+    })
+    .await;
+    let pods: Api<Pod> = Api::namespaced(sigil.client().await, ns);
     assert!(
         pods.list(&ListParams::default())
             .await
@@ -544,6 +563,7 @@ async fn a_pod_of_another_service_account_is_refused_for_a_secretless_client() {
             .items
             .is_empty()
     );
+    message
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -589,32 +609,15 @@ async fn a_pod_naming_a_missing_client_is_refused_and_its_replicaset_says_which(
             busybox("app", "sleep 100000", 4242),
         )],
     );
-    let events: Api<Event> = Api::namespaced(sigil.client().await, &ns);
-    let message = eventually(
+    let message = refused_pod_creation(
+        sigil,
+        &ns,
         Duration::from_secs(60),
         "a FailedCreate event on the ReplicaSet",
-        || {
-            let events = events.clone();
-            async move {
-                let list = events.list(&ListParams::default()).await.ok()?;
-                list.items.into_iter().find_map(|e| {
-                    (e.involved_object.kind.as_deref() == Some("ReplicaSet")
-                        && e.reason.as_deref() == Some("FailedCreate"))
-                    .then(|| e.message.unwrap_or_default())
-                })
-            }
-        },
+        |e| e.involved_object.kind.as_deref() == Some("ReplicaSet"),
     )
     .await;
     assert!(message.contains("no-such-client"), "{message}");
-    let pods: Api<Pod> = Api::namespaced(sigil.client().await, &ns);
-    assert!(
-        pods.list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty()
-    );
 }
 
 /// Every Sigil container, as the kernel sees it: not root, no capabilities,

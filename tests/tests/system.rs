@@ -15,6 +15,7 @@ use kube::api::{Api, PostParams};
 use sigil_crds::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, OAuthClient, SIGNING_KEY_LABEL};
 use sigil_tests::audit::{self, Returned, SecretRequest};
 use sigil_tests::cluster::{TestCluster, client_from_kubeconfig, workspace_root};
+use sigil_tests::create_foreign_secret;
 use sigil_tests::processes::{Process, free_addr};
 
 /// Runs `sigil-dev` (what `hack/dev.sh` runs after building) with `extra`
@@ -301,14 +302,8 @@ async fn operator_and_issuer_work_with_exactly_the_charts_rbac() {
     // Someone else's Secret, with Sigil's label but no owner, and a client
     // whose spec.secretName names it: a conflict, its data never read.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &app);
-    let mut foreign = Secret::default();
-    foreign.metadata.name = Some("taken".into());
-    foreign.metadata.labels = Some([(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into())].into());
-    foreign.string_data = Some([("client_secret".to_owned(), "mine".to_owned())].into());
-    let foreign = secrets
-        .create(&PostParams::default(), &foreign)
-        .await
-        .expect("creating the foreign Secret");
+    let foreign =
+        create_foreign_secret(&secrets, "taken", &[(MANAGED_BY_LABEL, MANAGED_BY_VALUE)]).await;
     let clients: Api<OAuthClient> = Api::namespaced(client.clone(), &app);
     let squatter = serde_json::json!({
         "apiVersion": "sigil.dev/v1alpha1",
