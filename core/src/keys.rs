@@ -17,7 +17,6 @@ use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use sha2::Digest;
 
 /// RSA modulus sizes the contract allows.
 pub const RSA_BITS_ALLOWED: [u32; 3] = [2048, 3072, 4096];
@@ -187,7 +186,7 @@ impl ParsedKey {
         // serde_json's Map is sorted (no preserve_order), and the values are
         // base64url / ASCII, so this is the canonical RFC 7638 form.
         let canonical = serde_json::Value::Object(members).to_string();
-        URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(canonical.as_bytes()))
+        URL_SAFE_NO_PAD.encode(crate::digest::sha256(canonical.as_bytes()))
     }
 
     /// The public JWK published in the JWKS (RFC 7517 with `kid`, `alg`,
@@ -440,7 +439,7 @@ mod tests {
         let n = "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw";
         let canonical = format!(r#"{{"e":"AQAB","kty":"RSA","n":"{n}"}}"#);
         assert_eq!(
-            URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(canonical.as_bytes())),
+            URL_SAFE_NO_PAD.encode(crate::digest::sha256(canonical.as_bytes())),
             "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
         );
         // And ours produces the same canonical layout (sorted, no spaces).
@@ -457,7 +456,7 @@ mod tests {
         );
         assert_eq!(
             key.thumbprint(),
-            URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(canonical.as_bytes()))
+            URL_SAFE_NO_PAD.encode(crate::digest::sha256(canonical.as_bytes()))
         );
     }
 

@@ -7,6 +7,7 @@
 //! kube, k8s-openapi, axum or the other Sigil crates; they depend on it.
 
 pub mod algorithm;
+pub mod digest;
 pub mod fs;
 pub mod issuer_url;
 pub mod keys;

@@ -3,7 +3,6 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use sha2::Digest;
 
 /// The system random number generator failed: no credential can be made.
 #[derive(Debug, thiserror::Error)]
@@ -22,7 +21,7 @@ pub fn generate_client_secret() -> Result<String, RandomError> {
 /// The verifier of a secret: lower-case hex SHA-256 of its bytes. A plain
 /// hash is enough because every secret is 256 random bits (DESIGN.md §7).
 pub fn secret_verifier(secret: &str) -> String {
-    hex::encode(sha2::Sha256::digest(secret.as_bytes()))
+    hex::encode(crate::digest::sha256(secret.as_bytes()))
 }
 
 #[cfg(test)]

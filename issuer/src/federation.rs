@@ -24,7 +24,6 @@ use arc_swap::ArcSwapOption;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use serde::Deserialize;
-use sha2::Digest;
 
 use crate::http::client_auth::accepts_assertion_algorithm;
 use crate::http::error::{ErrorCode, OAuthError};
@@ -554,7 +553,7 @@ impl Federation {
         identity: &ServiceAccountIdentity,
         now: i64,
     ) -> Result<(), OAuthError> {
-        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let digest = sigil_core::digest::sha256(token.as_bytes());
         let cached = self
             .reviews
             .lock()

@@ -12,7 +12,6 @@ use arc_swap::ArcSwap;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
-use sha2::Digest;
 use sigil_crds::{
     AuthMethod, KeyState, OAuthClient, SigningAlgorithm, SigningKeySpec, SigningKeyStatus,
 };
@@ -519,7 +518,7 @@ impl JwksDocument {
             keys.extend(ring.published.iter().map(|k| k.jwk.clone()));
         }
         let body = serde_json::json!({ "keys": keys }).to_string();
-        let digest = sha2::Sha256::digest(body.as_bytes());
+        let digest = sigil_core::digest::sha256(body.as_bytes());
         // A cache that refreshes every max-age sees a pending key well
         // before it signs: a quarter of the shortest prePublish, at most 5 min.
         let max_age = (shortest_pre_publish / 4)

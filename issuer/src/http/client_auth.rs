@@ -12,7 +12,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
-use sha2::Digest;
+use sigil_core::digest::{sha256, sha256_parts};
 use sigil_crds::AuthMethod;
 use subtle::{Choice, ConstantTimeEq};
 
@@ -168,7 +168,7 @@ pub fn select_credentials(
 /// the timing, is the same.
 pub fn verify_secret(client: Option<&ClientEntry>, secret: &str, now: i64) -> bool {
     const DUMMY: [u8; 32] = [0x5a; 32];
-    let digest: [u8; 32] = sha2::Sha256::digest(secret.as_bytes()).into();
+    let digest = sha256(secret.as_bytes());
     let mut matched = Choice::from(0);
     match client {
         Some(client) if !client.verifiers.is_empty() => {
@@ -310,13 +310,13 @@ impl ReplayCache {
     }
 
     fn digests(client_id: &str, jti: &str) -> ([u8; 32], u64) {
-        let client: [u8; 32] = sha2::Sha256::digest(client_id.as_bytes()).into();
-        let mut entry = sha2::Sha256::new();
-        entry.update(client);
-        entry.update(jti.as_bytes());
+        let client = sha256(client_id.as_bytes());
         let mut tag = [0u8; 8];
         tag.copy_from_slice(&client[..8]);
-        (entry.finalize().into(), u64::from_le_bytes(tag))
+        (
+            sha256_parts(&[&client, jti.as_bytes()]),
+            u64::from_le_bytes(tag),
+        )
     }
 
     /// Records `(client, jti)` until `expires_at` plus the leeway.

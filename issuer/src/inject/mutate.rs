@@ -178,8 +178,7 @@ pub fn volume_name(client: &str, suffix: &str) -> String {
     if plain.len() <= 63 && !client.contains('.') {
         return plain;
     }
-    use sha2::Digest;
-    let hash = hex::encode(&sha2::Sha256::digest(client.as_bytes())[..4]);
+    let hash = hex::encode(&sigil_core::digest::sha256(client.as_bytes())[..4]);
     let stem: String = client
         .chars()
         .map(|c| if c == '.' { '-' } else { c })
