@@ -1431,7 +1431,9 @@ fn introspection_reports_expired_tokens_inactive() {
         long_ago,
         "jti",
     );
-    let expired = crate::http::token::sign_jwt(&active, TokenTyp::AtJwt, &claims).expect("sign");
+    let expired = crate::http::token::sign_jwt(&active, TokenTyp::AtJwt, &claims)
+        .expect("sign")
+        .into_string();
     let answer = crate::http::introspect::introspect_token(
         &f.store,
         ISSUER,
@@ -1531,7 +1533,9 @@ fn introspection_refuses_a_tampered_token() {
         now,
         "jti",
     );
-    let good = crate::http::token::sign_jwt(&active, TokenTyp::AtJwt, &claims).expect("sign");
+    let good = crate::http::token::sign_jwt(&active, TokenTyp::AtJwt, &claims)
+        .expect("sign")
+        .into_string();
     let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
     parts[1] = URL_SAFE_NO_PAD.encode(claims.replace("event.view", "event.delete"));
     let tampered = parts.join(".");

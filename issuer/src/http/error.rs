@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 
+use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -130,7 +131,10 @@ impl std::error::Error for OAuthError {}
 /// A JSON answer that no cache may keep (RFC 6749 §5.1, RFC 7662 §2.2):
 /// every token, introspection and error response of the API.
 pub fn no_store_json(status: StatusCode, body: String) -> Response {
-    let mut response = (status, body).into_response();
+    // Built directly: `(status, body).into_response()` would first set a
+    // text/plain content type for this to overwrite.
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

@@ -148,7 +148,6 @@ pub fn access_token_claims(
     now: i64,
     jti: &str,
 ) -> String {
-    use std::fmt::Write;
     let mut json = String::with_capacity(256 + client.additional_claims_json.len());
     json.push_str("{\"iss\":");
     push_json_str(&mut json, issuer);
@@ -168,8 +167,15 @@ pub fn access_token_claims(
         }
     }
     let exp = now + shape.lifetime.as_secs() as i64;
-    // Writing to a String cannot fail.
-    let _ = write!(json, ",\"exp\":{exp},\"iat\":{now},\"nbf\":{now},\"jti\":");
+    let mut digits = itoa::Buffer::new();
+    json.push_str(",\"exp\":");
+    json.push_str(digits.format(exp));
+    json.push_str(",\"iat\":");
+    let now = digits.format(now);
+    json.push_str(now);
+    json.push_str(",\"nbf\":");
+    json.push_str(now);
+    json.push_str(",\"jti\":");
     push_json_str(&mut json, jti);
     if shape.scope_claim {
         // The scopes joined by spaces, as one string.
@@ -199,8 +205,27 @@ pub fn new_jti() -> String {
     URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>())
 }
 
+/// A compact JWS as [`sign_jwt`] makes it: base64url segments joined by
+/// dots, so it goes into JSON as it is, with nothing to escape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompactJws(String);
+
+impl CompactJws {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
 /// Compact JWS with the ring's pre-encoded header and pre-parsed key.
-pub fn sign_jwt(active: &ActiveKey, typ: TokenTyp, claims_json: &str) -> Result<String, KeyError> {
+pub fn sign_jwt(
+    active: &ActiveKey,
+    typ: TokenTyp,
+    claims_json: &str,
+) -> Result<CompactJws, KeyError> {
     let header = active.encoded_header(typ);
     let mut token = String::with_capacity(header.len() + claims_json.len() * 4 / 3 + 400);
     token.push_str(header);
@@ -209,20 +234,17 @@ pub fn sign_jwt(active: &ActiveKey, typ: TokenTyp, claims_json: &str) -> Result<
     let signature = active.key.sign(token.as_bytes())?;
     token.push('.');
     URL_SAFE_NO_PAD.encode_string(signature, &mut token);
-    Ok(token)
+    Ok(CompactJws(token))
 }
 
 /// RFC 6749 §5.1 success body.
-pub fn token_response_body(access_token: &str, expires_in: u64, scope: &str) -> String {
-    use std::fmt::Write;
-    let mut body = String::with_capacity(access_token.len() + scope.len() + 80);
-    body.push_str("{\"access_token\":");
-    push_json_str(&mut body, access_token);
-    // Writing to a String cannot fail.
-    let _ = write!(
-        body,
-        ",\"token_type\":\"Bearer\",\"expires_in\":{expires_in},\"scope\":"
-    );
+pub fn token_response_body(access_token: &CompactJws, expires_in: u64, scope: &str) -> String {
+    let mut body = String::with_capacity(access_token.0.len() + scope.len() + 80);
+    body.push_str("{\"access_token\":\"");
+    body.push_str(&access_token.0);
+    body.push_str("\",\"token_type\":\"Bearer\",\"expires_in\":");
+    body.push_str(itoa::Buffer::new().format(expires_in));
+    body.push_str(",\"scope\":");
     push_json_str(&mut body, scope);
     body.push('}');
     body
@@ -240,7 +262,7 @@ pub fn issue(
     client: &ClientEntry,
     form: &TokenForm,
     now: i64,
-) -> Result<(String, u64, String), OAuthError> {
+) -> Result<(CompactJws, u64, String), OAuthError> {
     if client.disabled {
         return Err(OAuthError::new(
             ErrorCode::UnauthorizedClient,
@@ -466,7 +488,7 @@ mod tests {
     #[test]
     fn the_token_response_is_rfc_6749_json() {
         for awkward in AWKWARD {
-            let body = token_response_body("h.p.s", 300, awkward);
+            let body = token_response_body(&CompactJws("h.p.s".to_owned()), 300, awkward);
             let parsed: Value = serde_json::from_str(&body).expect(&body);
             assert_eq!(
                 parsed,
