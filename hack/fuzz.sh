@@ -39,6 +39,13 @@ if [ "$(cargo +nightly fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_V
   cargo install cargo-fuzz --version "=$CARGO_FUZZ_VERSION" --locked --force
 fi
 
+# cargo-fuzz has no --locked: check first that fuzz/Cargo.lock pins every
+# crate already, so the build below resolves nothing when it runs.
+(cd fuzz && cargo +nightly tree --locked -q >/dev/null) || {
+  echo "fuzz/Cargo.lock is out of date: run (cd fuzz && cargo +nightly tree) and commit it" >&2
+  exit 1
+}
+
 # One build of every target (debug assertions on, so overflows panic);
 # `fuzz run` below then finds them up to date.
 cargo +nightly fuzz build --debug-assertions
