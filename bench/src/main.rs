@@ -275,7 +275,6 @@ async fn load(
 const BASELINE_THREADS: &str = "bench-baseline";
 const ISSUER_THREADS: &str = "bench-issuer";
 
-/// Starts `router` on a loopback port in its own runtime.
 /// The floor's routes on the issuer's server stack: a bare form POST
 /// answering a small body (`/baseline`) or a token-sized one
 /// (`/baseline-large`, with an `access_token` member so an outside load
@@ -344,6 +343,7 @@ fn serve_floor(args: ServeFloorArgs) -> anyhow::Result<()> {
     })
 }
 
+/// Starts `router` on a loopback port in its own runtime.
 fn start_server(
     router: Router,
     threads: usize,
@@ -387,8 +387,7 @@ fn standalone_issuer(
     let secrets_path = dir.join("secrets.json");
     let _ = std::fs::remove_file(&secrets_path);
     let store = Arc::new(Store::new("default"));
-    let loaded = standalone::load_into(&store, &manifests, &secrets_path)?;
-    let secrets = standalone::SecretBook::open(&secrets_path)?.save()?;
+    let (loaded, secrets) = standalone::load_into(&store, &manifests, &secrets_path)?;
     runtime.block_on(standalone::start_rings(
         &store,
         &loaded.signing_keys,

@@ -363,7 +363,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), RunError> {
     let mut webhook = None;
 
     if let (Some(manifests_dir), Some(secrets_file)) = (&args.manifests, &args.secrets) {
-        let manifests = standalone::load_into(&store, manifests_dir, secrets_file)?;
+        let (manifests, _secrets) = standalone::load_into(&store, manifests_dir, secrets_file)?;
         store.replace_resources(&manifests.resources);
         let rings = standalone::start_rings(
             &store,

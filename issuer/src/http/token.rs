@@ -211,10 +211,6 @@ pub fn new_jti() -> String {
 pub struct CompactJws(String);
 
 impl CompactJws {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
     pub fn into_string(self) -> String {
         self.0
     }

@@ -87,19 +87,9 @@ impl Manifests {
 }
 
 /// Reads every `*.yaml`/`*.yml` file of `dir` (several documents per file
-/// allowed); other kinds are skipped with a note.
-pub fn load_manifests(dir: &Path) -> Result<Manifests, StandaloneError> {
-    let mut manifests = Manifests::default();
-    load_manifests_with(dir, &mut |document| {
-        manifests.add(document);
-        Ok(())
-    })?;
-    Ok(manifests)
-}
-
-/// [`load_manifests`], handing each document to `sink` as it is parsed
-/// rather than collecting them: a folder of 100,000 clients then never
-/// holds more than one parsed document at a time.
+/// allowed), handing each Sigil document to `sink` as it is parsed rather
+/// than collecting them: a folder of 100,000 clients then never holds more
+/// than one parsed document at a time. Other kinds are skipped with a note.
 pub fn load_manifests_with(
     dir: &Path,
     sink: &mut dyn FnMut(Document) -> Result<(), StandaloneError>,
@@ -234,23 +224,10 @@ fn uses_secret(client: &OAuthClient) -> bool {
     })
 }
 
-/// Reads the secrets file (missing = empty), generates a secret for every
-/// client that needs one and lacks it, and writes the file back (0600).
-/// Says on stderr which client ids got one, never the secret.
-pub fn load_or_create_secrets(
-    path: &Path,
-    clients: &[OAuthClient],
-) -> Result<BTreeMap<String, String>, StandaloneError> {
-    let mut book = SecretBook::open(path)?;
-    for client in clients {
-        book.ensure(client)?;
-    }
-    book.save()
-}
-
-/// The secrets file while manifests are loaded: the secrets it holds, and
-/// those generated for clients that lacked one, written back by
-/// [`SecretBook::save`] once every manifest has loaded.
+/// The secrets file while manifests are loaded (missing = empty): the
+/// secrets it holds, and those generated for clients that lacked one,
+/// written back (0600) by [`SecretBook::save`] once every manifest has
+/// loaded. Says on stderr which client ids got one, never the secret.
 pub struct SecretBook {
     path: PathBuf,
     secrets: BTreeMap<String, String>,
@@ -398,13 +375,13 @@ pub fn load_client(store: &Store, client: &OAuthClient, secrets: &BTreeMap<Strin
 /// their documents are parsed (so loading 100,000 of them holds one parsed
 /// document at a time, and the store's entries are not scattered among
 /// freed parse trees), secrets generated for those lacking one and the
-/// file written once everything has loaded; the SigningKeys and
-/// OAuthResources are returned (`clients` stays empty).
+/// file written once everything has loaded. Returns the SigningKeys and
+/// OAuthResources (`clients` stays empty) and every client secret.
 pub fn load_into(
     store: &Store,
     manifests_dir: &Path,
     secrets_path: &Path,
-) -> Result<Manifests, StandaloneError> {
+) -> Result<(Manifests, BTreeMap<String, String>), StandaloneError> {
     let mut book = SecretBook::open(secrets_path)?;
     let mut rest = Manifests::default();
     load_manifests_with(manifests_dir, &mut |document| {
@@ -417,8 +394,7 @@ pub fn load_into(
         }
         Ok(())
     })?;
-    book.save()?;
-    Ok(rest)
+    Ok((rest, book.save()?))
 }
 
 // ------------------------------------------------------------ key rings
@@ -806,11 +782,11 @@ mod tests {
             "apiVersion: sigil.dev/v1alpha1\nkind: OAuthClient\nmetadata: {name: task-service, namespace: tasks}\nspec:\n  scopes: [event.view]\n  audiences: [event]\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n---\napiVersion: sigil.dev/v1alpha1\nkind: SigningKey\nmetadata: {name: default}\nspec: {algorithm: EdDSA}\n",
         )
         .unwrap();
-        let manifests = load_manifests(dir.path()).unwrap();
-        assert_eq!(manifests.clients.len(), 1);
-        assert_eq!(manifests.signing_keys.len(), 1);
         let secrets_path = dir.path().join("secrets.json");
-        let secrets = load_or_create_secrets(&secrets_path, &manifests.clients).unwrap();
+        let store = Store::new("default");
+        let (manifests, secrets) = load_into(&store, dir.path(), &secrets_path).unwrap();
+        assert!(store.client("task-service.tasks").is_some());
+        assert_eq!(manifests.signing_keys.len(), 1);
         let secret = secrets.get("task-service.tasks").unwrap().clone();
         assert_eq!(secret.len(), 43);
         use std::os::unix::fs::PermissionsExt;
@@ -820,7 +796,7 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         // A second start keeps the secret.
-        let again = load_or_create_secrets(&secrets_path, &manifests.clients).unwrap();
+        let (_, again) = load_into(&Store::new("default"), dir.path(), &secrets_path).unwrap();
         assert_eq!(again.get("task-service.tasks"), Some(&secret));
     }
 
@@ -844,7 +820,7 @@ mod tests {
         .unwrap();
         let secrets_path = dir.path().join("secrets.json");
         let store = Store::new("default");
-        let rest = load_into(&store, &manifests, &secrets_path).unwrap();
+        let (rest, secrets) = load_into(&store, &manifests, &secrets_path).unwrap();
         assert!(rest.clients.is_empty());
         assert_eq!(rest.signing_keys.len(), 1);
         let client = store.client("task.tasks").expect("loaded");
@@ -855,6 +831,10 @@ mod tests {
         assert_eq!(client.scopes, ["a"]);
         let written: BTreeMap<String, String> =
             serde_json::from_str(&std::fs::read_to_string(&secrets_path).unwrap()).unwrap();
+        assert_eq!(
+            secrets, written,
+            "the secrets returned are the ones written"
+        );
         let secret = written.get("task.tasks").expect("a generated secret");
         assert!(crate::http::client_auth::verify_secret(
             Some(&client),
